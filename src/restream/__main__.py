@@ -1,0 +1,3 @@
+from restream.cli import main
+
+main()
