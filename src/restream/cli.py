@@ -1,0 +1,368 @@
+"""The restream command line: thin commands over the library; the only place errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from restream import __version__, paths, platforms
+from restream import profile as prof
+from restream.errors import (
+    BroadcastError,
+    BusyError,
+    FFmpegError,
+    ProfileError,
+    RestreamError,
+    UsageError,
+)
+
+# Exit codes (documented in the README; nowhere else maps errors to codes).
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PROFILE = 3
+EXIT_FFMPEG = 4
+EXIT_BROADCAST = 5
+EXIT_BUSY = 6
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+def exit_code_for(exc: RestreamError) -> int:
+    for cls, code in ((UsageError, EXIT_USAGE), (ProfileError, EXIT_PROFILE), (FFmpegError, EXIT_FFMPEG),
+                      (BroadcastError, EXIT_BROADCAST), (BusyError, EXIT_BUSY)):
+        if isinstance(exc, cls):
+            return code
+    return EXIT_BROADCAST
+
+
+app = typer.Typer(
+    name="restream",
+    help="Multistream one live input to up to five platforms with one ffmpeg: encode once, fan out, self-heal.\n\n"
+    "Quick start:  restream demo   (local, touches nothing)\n\n"
+    "  restream add youtube --key-stdin < yt.key\n\n"
+    "  restream add twitch --key-env TWITCH_KEY\n\n"
+    "  restream go video.mp4 --loop",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+def _err(message: str) -> None:
+    typer.echo(f"restream: error: {message}", err=True)
+
+
+def warn(message: str) -> None:
+    typer.echo(f"restream: warning: {message}", err=True)
+
+
+def command(*args, **kwargs):
+    """Register a command whose RestreamErrors become one stderr line and their exit code."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            try:
+                return fn(*a, **kw)
+            except RestreamError as exc:
+                _err(str(exc))
+                raise typer.Exit(exit_code_for(exc)) from None
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return decorate
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"restream {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", envvar="RESTREAM_PROFILE", metavar="NAME",
+                                         help="Profile to use (env RESTREAM_PROFILE).")]
+ShowKeys = Annotated[bool, typer.Option("--show-keys", help="Print stream keys in full (they are masked otherwise).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _profile_name(name: str) -> str:
+    return prof.validate_profile_name(name)
+
+
+def _load_existing(name: str) -> prof.Profile:
+    """Reading commands: the default profile may be empty; any other must exist."""
+    return prof.load(_profile_name(name), must_exist=name != paths.DEFAULT_PROFILE)
+
+
+# -- keys ---------------------------------------------------------------------------------------------------------
+
+def _key_from_options(key: str | None, key_env: str | None, key_stdin: bool, required: bool,
+                      no_key: bool = False) -> tuple[str | None, str | None, bool]:
+    """Return (stream_key, stream_key_env, given) from the mutually exclusive key options."""
+    chosen = [k for k, v in (("--key", key is not None), ("--key-env", key_env is not None),
+                             ("--key-stdin", key_stdin), ("--no-key", no_key)) if v]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} cannot be used together: give the key one way")
+    if key is not None:
+        return prof.validate_key(key), None, True
+    if key_env is not None:
+        return None, prof.validate_env_name(key_env), True
+    if key_stdin:
+        data = sys.stdin.readline()
+        if data.endswith("\n"):
+            data = data[:-1]
+            if data.endswith("\r"):
+                data = data[:-1]
+        if not data:
+            raise UsageError("--key-stdin: no key on standard input")
+        return prof.validate_key(data), None, True
+    if no_key:
+        return None, None, True
+    if not required:
+        return None, None, False
+    if sys.stdin.isatty():
+        import getpass
+
+        entered = getpass.getpass("Stream key (input hidden): ")
+        return prof.validate_key(entered), None, True
+    raise UsageError("no stream key given and no terminal to ask on: use --key, --key-env VAR or --key-stdin")
+
+
+KeyOpt = Annotated[Optional[str], typer.Option("--key", metavar="KEY",
+                                               help="Stream key (visible in shell history: prefer --key-stdin).")]
+KeyEnvOpt = Annotated[Optional[str], typer.Option("--key-env", metavar="VAR",
+                                                  help="Read the key from this environment variable when going live.")]
+KeyStdinOpt = Annotated[bool, typer.Option("--key-stdin", help="Read the key from the first line of standard input.")]
+
+
+# -- destination commands ----------------------------------------------------------------------------------------
+
+@command("add", epilog="Examples:\n\n  restream add youtube --key-stdin < yt.key\n\n"
+         "  restream add twitch --key-env TWITCH_KEY\n\n"
+         "  restream add studio --url rtmp://203.0.113.7/live --key abc123")
+def add_cmd(
+    name: Annotated[str, typer.Argument(help="Destination name (a platform name fills in its ingest URL).")],
+    url: Annotated[Optional[str], typer.Option("--url", help="Server URL without the key: rtmp://, rtmps://, srt://")] = None,
+    key: KeyOpt = None,
+    key_env: KeyEnvOpt = None,
+    key_stdin: KeyStdinOpt = False,
+    no_key: Annotated[bool, typer.Option("--no-key", help="The URL needs no separate key.")] = False,
+    platform: Annotated[Optional[str], typer.Option("--platform", help="Platform preset (see: restream platforms).")] = None,
+    ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="CA bundle to verify this RTMPS server with.")] = None,
+    disabled: Annotated[bool, typer.Option("--disabled", help="Add it switched off.")] = False,
+    profile: ProfileOpt = paths.DEFAULT_PROFILE,
+) -> None:
+    """Add a destination to the profile."""
+    prof.validate_name(name)
+    preset = platforms.get(platform) if platform else platforms.get(name)
+    if platform and preset is None:
+        raise UsageError(f"unknown platform {platform!r} (see: restream platforms)")
+    if url is None:
+        if preset is None:
+            raise UsageError(f"{name!r} is not a known platform: give the server URL with --url")
+        if preset.default_url is None:
+            raise UsageError(f"{preset.title} hands out the ingest URL per account or event: give it with --url")
+        url = preset.default_url
+    prof.validate_url(url)
+    skey, kenv, _ = _key_from_options(key, key_env, key_stdin, required=True, no_key=no_key)
+    dest = prof.make_destination(name, url, skey, kenv, not disabled, preset.name if preset else None,
+                                 str(ca_file) if ca_file else None)
+    prof.update(_profile_name(profile), lambda p: p.added(dest))
+    typer.echo(f"added {dest.name} -> {dest.server_url}" + ("" if dest.enabled else " (disabled)"))
+
+
+def _dest_dict(d: prof.Destination, show_keys: bool) -> dict:
+    key = d.stream_key if show_keys else prof.mask_key(d.stream_key)
+    out = {"name": d.name, "server_url": d.server_url, "stream_key": key or None,
+           "stream_key_env": d.stream_key_env, "enabled": d.enabled, "platform": d.platform}
+    if d.ca_file:
+        out["ca_file"] = d.ca_file
+    return out
+
+
+@command("list", epilog="Examples:\n\n  restream list\n\n  restream list --json -p events")
+def list_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = False, show_keys: ShowKeys = False) -> None:
+    """List the profile's destinations (keys masked)."""
+    p = _load_existing(profile)
+    rows = [_dest_dict(d, show_keys) for d in p.destinations]
+    if as_json:
+        typer.echo(json.dumps({"profile": p.name, "destinations": rows}, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        typer.echo(f"profile {p.name!r} has no destinations yet. Add one: restream add youtube --key-stdin")
+        return
+    from restream.tables import table
+
+    table([("NAME", "name"), ("ON", "enabled"), ("SERVER URL", "server_url"), ("KEY", "key")],
+          [{**r, "enabled": "yes" if r["enabled"] else "no",
+            "key": r["stream_key"] or (f"${r['stream_key_env']}" if r["stream_key_env"] else "-")} for r in rows],
+          title=f"profile {p.name} ({p.path})")
+    live = len(p.enabled())
+    if live > prof.MAX_LIVE:
+        warn(f"{live} destinations are enabled; at most {prof.MAX_LIVE} can go live at once (use --only/--skip)")
+
+
+@command("show", epilog="Example:\n\n  restream show youtube --show-keys")
+def show_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = False,
+             show_keys: ShowKeys = False) -> None:
+    """Show one destination (key masked)."""
+    d = _load_existing(profile).get(name)
+    row = _dest_dict(d, show_keys)
+    if as_json:
+        typer.echo(json.dumps(row, ensure_ascii=False, indent=2))
+        return
+    preset = platforms.get(d.platform)
+    row["key"] = row.pop("stream_key") or "-"
+    row["platform"] = preset.title if preset else (d.platform or "-")
+    width = max(map(len, row))
+    for k, v in row.items():
+        typer.echo(f"{k:<{width}}  {v if v is not None else '-'}")
+
+
+@command("edit", epilog="Examples:\n\n  restream edit youtube --key-stdin < new.key\n\n"
+         "  restream edit studio --url rtmps://studio.example/live --rename studio-tls")
+def edit_cmd(
+    name: str,
+    url: Annotated[Optional[str], typer.Option("--url", help="New server URL.")] = None,
+    key: KeyOpt = None,
+    key_env: KeyEnvOpt = None,
+    key_stdin: KeyStdinOpt = False,
+    rename: Annotated[Optional[str], typer.Option("--rename", metavar="NEW", help="New name.")] = None,
+    ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="CA bundle for this RTMPS server.")] = None,
+    profile: ProfileOpt = paths.DEFAULT_PROFILE,
+) -> None:
+    """Change a destination's URL, key or name."""
+    skey, kenv, key_given = _key_from_options(key, key_env, key_stdin, required=False)
+    if url is not None:
+        prof.validate_url(url)
+    if rename is not None:
+        prof.validate_name(rename)
+    if url is None and not key_given and rename is None and ca_file is None:
+        raise UsageError("nothing to change: give --url, --key/--key-env/--key-stdin, --rename or --ca-file")
+
+    def change(p: prof.Profile) -> prof.Profile:
+        old = p.get(name)
+        new = prof.make_destination(
+            rename or old.name, url or old.server_url,
+            skey if key_given else old.stream_key, kenv if key_given else old.stream_key_env,
+            old.enabled, old.platform, str(ca_file) if ca_file else old.ca_file)
+        return p.replaced(old.name, new)
+
+    prof.update(_profile_name(profile), change)
+    typer.echo(f"updated {rename or name}")
+
+
+@command("remove", epilog="Example:\n\n  restream remove twitch")
+def remove_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
+    """Remove a destination."""
+    prof.update(_profile_name(profile), lambda p: p.removed(name))
+    typer.echo(f"removed {name}")
+
+
+def _set_enabled(name: str, profile: str, enabled: bool) -> None:
+    def change(p: prof.Profile) -> prof.Profile:
+        old = p.get(name)
+        return p.replaced(old.name, prof.Destination(**{**old.__dict__, "enabled": enabled}))
+
+    prof.update(_profile_name(profile), change)
+    typer.echo(f"{'enabled' if enabled else 'disabled'} {name}")
+
+
+@command("enable", epilog="Example:\n\n  restream enable twitch")
+def enable_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
+    """Switch a destination on (it goes live with the next broadcast)."""
+    _set_enabled(name, profile, True)
+
+
+@command("disable", epilog="Example:\n\n  restream disable twitch")
+def disable_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
+    """Switch a destination off without forgetting it."""
+    _set_enabled(name, profile, False)
+
+
+@command("platforms", epilog="Example:\n\n  restream platforms")
+def platforms_cmd(as_json: JsonOpt = False) -> None:
+    """List the platform presets and their limits."""
+    rows = [{"name": p.name, "title": p.title, "url": p.default_url or "(per account: --url)",
+             "max_video_kbps": p.max_video_kbps, "keyframe_s": p.keyframe_s, "audio_rate": p.audio_rate,
+             "note": p.note} for p in platforms.PLATFORMS.values()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from restream.tables import table
+
+    table([("NAME", "name"), ("PLATFORM", "title"), ("INGEST URL", "url"), ("MAX KBPS", "max_video_kbps"),
+           ("GOP S", "keyframe_s"), ("NOTE", "note")],
+          [{**r, "max_video_kbps": r["max_video_kbps"] or "?"} for r in rows], title="platform presets")
+
+
+@command("profiles", epilog="Example:\n\n  restream profiles")
+def profiles_cmd(as_json: JsonOpt = False) -> None:
+    """List the profiles in the config directory."""
+    names = prof.list_profiles()
+    if as_json:
+        typer.echo(json.dumps({"config_dir": str(paths.config_dir()), "profiles": names}))
+        return
+    if not names:
+        typer.echo(f"no profiles yet in {paths.profiles_dir()}")
+    for n in names:
+        typer.echo(n)
+
+
+@command("export", epilog="Examples:\n\n  restream export > backup.toml      (keys left out)\n\n"
+         "  restream export --format apivideo --show-keys > restreams.json")
+def export_cmd(
+    fmt: Annotated[str, typer.Option("--format", help="toml or apivideo (api.video restreams JSON).")] = "toml",
+    profile: ProfileOpt = paths.DEFAULT_PROFILE,
+    show_keys: ShowKeys = False,
+) -> None:
+    """Print the profile's destinations, for backup or api.video."""
+    from restream import interchange
+
+    p = _load_existing(profile)
+    text, left_out = interchange.export(p, fmt, include_keys=show_keys)
+    typer.echo(text, nl=not text.endswith("\n"))
+    if left_out:
+        warn(f"{left_out} stream key(s) left out of the export; add --show-keys to include them")
+
+
+@command("import", epilog="Examples:\n\n  restream import backup.toml\n\n"
+         "  restream import restreams.json --replace")
+def import_cmd(
+    file: Annotated[str, typer.Argument(help="A TOML profile or api.video restreams JSON; '-' for stdin.")],
+    replace_all: Annotated[bool, typer.Option("--replace", help="Replace all destinations instead of adding.")] = False,
+    profile: ProfileOpt = paths.DEFAULT_PROFILE,
+) -> None:
+    """Add destinations from a file (TOML profile or api.video JSON)."""
+    from restream import interchange
+
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+    incoming = interchange.parse_import(text, file)
+    result = prof.update(_profile_name(profile), lambda p: interchange.merge(p, incoming, replace_all))
+    typer.echo(f"imported {len(incoming)} destination(s); profile {result.name!r} now has "
+               f"{len(result.destinations)}")
+
+
+def main() -> None:
+    app(prog_name="restream")

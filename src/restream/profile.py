@@ -1,0 +1,364 @@
+"""Profiles: named destinations in one TOML file, validated on load, written atomically with mode 0600.
+
+A profile is ``<config dir>/profiles/<name>.toml``::
+
+    version = 1
+    [[destinations]]
+    name = "youtube"
+    server_url = "rtmp://a.rtmp.youtube.com/live2"
+    stream_key = "xxxx-xxxx"        # or: stream_key_env = "YT_KEY"
+    enabled = true
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from restream import paths
+from restream.errors import NotFoundError, ProfileError, UsageError
+
+FORMAT_VERSION = 1
+MAX_LIVE = 5
+SCHEMES = ("rtmp", "rtmps", "srt")
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,40}")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FIELDS = ("name", "server_url", "stream_key", "stream_key_env", "enabled", "platform", "ca_file")
+MASK = "••••"
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    server_url: str
+    stream_key: str | None = None
+    stream_key_env: str | None = None
+    enabled: bool = True
+    platform: str | None = None
+    ca_file: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.server_url).scheme.lower()
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.server_url).hostname or ""
+
+    def key_source(self) -> str:
+        if self.stream_key_env:
+            return f"${self.stream_key_env}"
+        return "stored" if self.stream_key is not None else "none"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    destinations: tuple[Destination, ...] = ()
+    exists: bool = field(default=True, compare=False)
+
+    def find(self, name: str) -> Destination | None:
+        folded = name.casefold()
+        return next((d for d in self.destinations if d.name.casefold() == folded), None)
+
+    def get(self, name: str) -> Destination:
+        dest = self.find(name)
+        if dest is None:
+            raise NotFoundError(f"no destination named {name!r} in profile {self.name!r} (see: restream list)")
+        return dest
+
+    def enabled(self) -> tuple[Destination, ...]:
+        return tuple(d for d in self.destinations if d.enabled)
+
+    def with_destinations(self, destinations: tuple[Destination, ...] | list[Destination]) -> "Profile":
+        return replace(self, destinations=tuple(destinations))
+
+    def added(self, dest: Destination) -> "Profile":
+        if self.find(dest.name) is not None:
+            raise UsageError(f"a destination named {dest.name!r} already exists (names are case-insensitive)")
+        return self.with_destinations(self.destinations + (dest,))
+
+    def replaced(self, old_name: str, dest: Destination) -> "Profile":
+        old = self.get(old_name)
+        clash = self.find(dest.name)
+        if clash is not None and clash is not old:
+            raise UsageError(f"a destination named {dest.name!r} already exists (names are case-insensitive)")
+        return self.with_destinations(tuple(dest if d is old else d for d in self.destinations))
+
+    def removed(self, name: str) -> "Profile":
+        old = self.get(name)
+        return self.with_destinations(tuple(d for d in self.destinations if d is not old))
+
+
+# -- validation (pure) -------------------------------------------------------------------------------------------
+
+def validate_profile_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name or ""):
+        raise UsageError(f"invalid profile name {name!r}: use 1-40 letters, digits, '-', '_' or '.'")
+    if name.startswith("."):
+        raise UsageError(f"invalid profile name {name!r}: it may not start with '.'")
+    return name
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise UsageError(f"invalid destination name {name!r}: use 1-40 letters, digits, '-', '_' or '.'")
+    return name
+
+
+def validate_url(url: str) -> str:
+    if not isinstance(url, str) or not url:
+        raise UsageError("the server URL is empty")
+    if any(c.isspace() for c in url) or not url.isprintable():
+        raise UsageError("the server URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"invalid server URL: {exc}") from None
+    if parts.scheme.lower() not in SCHEMES:
+        raise UsageError(f"unsupported URL scheme {parts.scheme or '(none)'!r}: use rtmp://, rtmps:// or srt://")
+    if not parts.hostname:
+        raise UsageError("the server URL has no host")
+    if port == 0:
+        raise UsageError("the server URL has port 0")
+    return url
+
+
+def validate_key(key: str) -> str:
+    if not isinstance(key, str) or key == "":
+        raise UsageError("the stream key is empty")
+    if not key.isprintable():
+        raise UsageError("the stream key contains control characters (tabs, newlines)")
+    return key
+
+
+def validate_env_name(var: str) -> str:
+    if not isinstance(var, str) or not _ENV_RE.fullmatch(var):
+        raise UsageError(f"invalid environment variable name {var!r}")
+    return var
+
+
+def key_in_url(url: str, key: str) -> bool:
+    """True when ``key`` looks glued onto ``url`` as well (a common copy-paste mistake)."""
+    path = urlsplit(url).path.rstrip("/")
+    last = path.rsplit("/", 1)[-1]
+    return bool(last) and (last == key or url.rstrip("/").endswith("/" + key))
+
+
+def make_destination(
+    name: str,
+    server_url: str,
+    stream_key: str | None = None,
+    stream_key_env: str | None = None,
+    enabled: bool = True,
+    platform: str | None = None,
+    ca_file: str | None = None,
+) -> Destination:
+    """Build a validated destination; raises UsageError naming the first problem."""
+    validate_name(name)
+    validate_url(server_url)
+    if stream_key is not None and stream_key_env is not None:
+        raise UsageError("give either a stream key or a stream key variable, not both")
+    if stream_key is not None:
+        validate_key(stream_key)
+        if key_in_url(server_url, stream_key):
+            raise UsageError("the server URL already ends with the stream key: give the URL without the key")
+    if stream_key_env is not None:
+        validate_env_name(stream_key_env)
+    if not isinstance(enabled, bool):
+        raise UsageError("'enabled' must be true or false")
+    if platform is not None and not isinstance(platform, str):
+        raise UsageError("'platform' must be a string")
+    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+        raise UsageError("'ca_file' must be a path")
+    return Destination(name, server_url, stream_key, stream_key_env, enabled, platform, ca_file)
+
+
+def resolve_key(dest: Destination, environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+    """The key to publish with: stored, or read from the environment now."""
+    if dest.stream_key_env:
+        value = environ.get(dest.stream_key_env)
+        if not value:
+            raise UsageError(
+                f"destination {dest.name!r} reads its key from ${dest.stream_key_env}, which is not set")
+        return validate_key(value)
+    return dest.stream_key
+
+
+def mask_key(key: str | None) -> str:
+    """``••••wxyz`` for long keys, fully masked for short ones; never the whole key."""
+    if not key:
+        return ""
+    return MASK + key[-4:] if len(key) >= 12 else MASK * 2
+
+
+# -- TOML <-> model ----------------------------------------------------------------------------------------------
+
+def to_document(profile: Profile, include_keys: bool = True) -> dict:
+    dests = []
+    for d in profile.destinations:
+        item = {"name": d.name, "server_url": d.server_url}
+        if d.stream_key is not None and include_keys:
+            item["stream_key"] = d.stream_key
+        if d.stream_key_env is not None:
+            item["stream_key_env"] = d.stream_key_env
+        item["enabled"] = d.enabled
+        if d.platform:
+            item["platform"] = d.platform
+        if d.ca_file:
+            item["ca_file"] = d.ca_file
+        dests.append(item)
+    return {"version": FORMAT_VERSION, "destinations": dests}
+
+
+def from_document(doc: dict, where: str) -> tuple[Destination, ...]:
+    """Validate a parsed profile document; errors name ``where`` and the entry."""
+    version = doc.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ProfileError(f"{where}: unsupported version {version!r} (this restream reads version {FORMAT_VERSION})")
+    unknown = sorted(set(doc) - {"version", "destinations"})
+    if unknown:
+        raise ProfileError(f"{where}: unknown top-level key(s): {', '.join(unknown)}")
+    raw = doc.get("destinations", [])
+    if not isinstance(raw, list):
+        raise ProfileError(f"{where}: 'destinations' must be an array of tables ([[destinations]])")
+    out: list[Destination] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw, 1):
+        label = f"destination #{i}"
+        if not isinstance(item, dict):
+            raise ProfileError(f"{where}: {label} is not a table")
+        if isinstance(item.get("name"), str):
+            label += f" ({item['name']!r})"
+        extra = sorted(set(item) - set(_FIELDS))
+        if extra:
+            raise ProfileError(f"{where}: {label}: unknown key(s): {', '.join(extra)}")
+        for required in ("name", "server_url"):
+            if required not in item:
+                raise ProfileError(f"{where}: {label}: missing '{required}'")
+        try:
+            dest = make_destination(**{k: item[k] for k in _FIELDS if k in item})
+        except UsageError as exc:
+            raise ProfileError(f"{where}: {label}: {exc}") from None
+        folded = dest.name.casefold()
+        if folded in seen:
+            raise ProfileError(f"{where}: {label}: duplicate name (names are case-insensitive)")
+        seen.add(folded)
+        out.append(dest)
+    return tuple(out)
+
+
+def parse(text: str, where: str) -> tuple[Destination, ...]:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{where}: not valid TOML: {exc}") from None
+    return from_document(doc, where)
+
+
+def dumps(profile: Profile, include_keys: bool = True) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_document(profile, include_keys))
+
+
+# -- disk --------------------------------------------------------------------------------------------------------
+
+def list_profiles() -> list[str]:
+    folder = paths.profiles_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.toml") if not p.name.startswith("."))
+
+
+def load(name: str, must_exist: bool = False) -> Profile:
+    validate_profile_name(name)
+    path = paths.profile_path(name)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if must_exist:
+            raise NotFoundError(f"profile {name!r} not found ({path})") from None
+        return Profile(name, path, (), exists=False)
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(f"{path}: not UTF-8 text") from None
+    return Profile(name, path, parse(text, str(path)))
+
+
+def _ensure_dir(folder: Path) -> None:
+    for d in (folder.parent, folder):
+        if not d.is_dir():
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part (mode 0600)."""
+    _ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save(profile: Profile) -> None:
+    try:
+        atomic_write(profile.path, dumps(profile))
+    except OSError as exc:
+        raise ProfileError(f"{profile.path}: cannot write: {exc.strerror}") from None
+
+
+@contextmanager
+def locked(name: str, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the profile's edit lock (every read-modify-write goes through here)."""
+    from filelock import FileLock, Timeout
+
+    lock_path = paths.profile_lock_path(name)
+    try:
+        _ensure_dir(lock_path.parent)
+    except OSError as exc:
+        raise ProfileError(f"{lock_path.parent}: cannot create: {exc.strerror}") from None
+    lock = FileLock(str(lock_path), mode=0o600)
+    try:
+        with lock.acquire(timeout=timeout):
+            yield
+    except Timeout:
+        raise ProfileError(f"profile {name!r} is being edited by another command (lock {lock_path})") from None
+
+
+def update(name: str, change: Callable[[Profile], Profile]) -> Profile:
+    """Load, change and save a profile under its lock; the file is untouched if ``change`` raises."""
+    with locked(name):
+        before = load(name)
+        after = change(before)
+        if after != before or not before.exists:
+            save(after)
+        return after
