@@ -229,7 +229,9 @@ def _decode(data: bytes, pos: int) -> tuple[Any, int]:
         (n,) = _U32.unpack_from(data, pos)
         pos += 4
         _need(data, pos, n)
-        return LongString(data[pos:pos + n].decode("utf-8", "surrogateescape")), pos + n
+        text = data[pos:pos + n].decode("utf-8", "surrogateescape")
+        # Over 65535 bytes a plain str encodes as a long string anyway; below, the marker is kept by the type.
+        return (LongString(text) if n <= 0xFFFF else text), pos + n
     raise AMFError(f"unsupported AMF0 marker 0x{marker:02x}")
 
 

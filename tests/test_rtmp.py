@@ -1,0 +1,385 @@
+"""rtmp.py on fixed bytes: AMF0, chunk formats 0-3, extended timestamps, chunk size changes, Abort, rewriting."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from restream import rtmp
+from restream.rtmp import (
+    OBJECT_END, UNDEFINED, AMFDate, ChunkParser, ChunkWriter, ECMAArray, LongString, Message, amf0_decode,
+    amf0_encode, command_message, command_values, parse_url, rewrite_command, serialize,
+)
+
+# -- hand-built chunk bytes (independent of rtmp.serialize) ------------------------------------------------------
+
+
+def bh(fmt: int, csid: int) -> bytes:
+    if csid < 64:
+        return bytes([fmt << 6 | csid])
+    if csid < 320:
+        return bytes([fmt << 6, csid - 64])
+    return bytes([fmt << 6 | 1, (csid - 64) & 0xFF, (csid - 64) >> 8])
+
+
+def u24(x: int) -> bytes:
+    return x.to_bytes(3, "big")
+
+
+def h0(csid, ts, length, type_id, sid=1, ext=None):
+    return bh(0, csid) + u24(ts) + u24(length) + bytes([type_id]) + struct.pack("<I", sid) + (
+        ext.to_bytes(4, "big") if ext is not None else b"")
+
+
+def h1(csid, delta, length, type_id, ext=None):
+    return bh(1, csid) + u24(delta) + u24(length) + bytes([type_id]) + (
+        ext.to_bytes(4, "big") if ext is not None else b"")
+
+
+def h2(csid, delta, ext=None):
+    return bh(2, csid) + u24(delta) + (ext.to_bytes(4, "big") if ext is not None else b"")
+
+
+def h3(csid, ext=None):
+    return bh(3, csid) + (ext.to_bytes(4, "big") if ext is not None else b"")
+
+
+def feed_all(data: bytes, parser: ChunkParser | None = None) -> list[Message]:
+    return (parser or ChunkParser()).feed(data)
+
+
+def feed_bytewise(data: bytes) -> list[Message]:
+    p = ChunkParser()
+    out = []
+    for i in range(len(data)):
+        out += p.feed(data[i:i + 1])
+    return out
+
+
+# -- AMF0 ----------------------------------------------------------------------------------------------------------
+
+
+def test_amf0_fixed_bytes():
+    assert amf0_encode(1.0) == b"\x00" + struct.pack(">d", 1.0)
+    assert amf0_encode("connect") == b"\x02\x00\x07connect"
+    assert amf0_encode(True, False) == b"\x01\x01\x01\x00"
+    assert amf0_encode(None, UNDEFINED) == b"\x05\x06"
+    assert amf0_encode({"app": "live"}) == b"\x03\x00\x03app\x02\x00\x04live\x00\x00\x09"
+    assert amf0_encode(ECMAArray(a=0.0)) == b"\x08\x00\x00\x00\x01\x00\x01a" + amf0_encode(0.0) + b"\x00\x00\x09"
+    assert amf0_encode([1.0, "x"]) == b"\x0a\x00\x00\x00\x02" + amf0_encode(1.0) + b"\x02\x00\x01x"
+    assert amf0_encode(LongString("ab")) == b"\x0c\x00\x00\x00\x02ab"
+    assert amf0_encode(OBJECT_END) == b"\x09"
+    assert amf0_decode(b"\x02\x00\x07connect\x00" + struct.pack(">d", 1.0) + b"\x05") == ["connect", 1.0, None]
+
+
+@pytest.mark.parametrize("value", [
+    0.0, -1.5, 1e300, 2.0 ** 53, True, False, None, UNDEFINED, "", "key with spaces", "ünïcødé ✓",
+    "x" * 70000, LongString("short long"), {"app": "live", "n": 3.0, "nested": {"a": [1.0, None, "b"]}},
+    ECMAArray(duration=0.0, width=320.0, encoder="Lavf"), [], [UNDEFINED, {"": ""}], AMFDate(1.7e12, 0),
+    {"z": 1.0, "a": 2.0, "m": 3.0},
+])
+def test_amf0_round_trip(value):
+    data = amf0_encode(value)
+    (back,) = amf0_decode(data)
+    assert back == value
+    assert type(back) is type(value) or isinstance(value, (int, float)) and isinstance(back, float)
+    if isinstance(value, dict):
+        assert list(back) == list(value)  # key order kept
+    assert amf0_encode(back) == data
+
+
+def test_amf0_long_string_automatic():
+    data = amf0_encode("y" * 65536)
+    assert data[0] == 0x0C
+    assert amf0_decode(data) == ["y" * 65536]
+
+
+def test_amf0_truncated_and_unknown():
+    with pytest.raises(rtmp.AMFError):
+        amf0_decode(b"\x02\x00\x09abc")
+    with pytest.raises(rtmp.AMFError):
+        amf0_decode(b"\x11")
+    with pytest.raises(rtmp.AMFError):
+        amf0_decode(b"\x03\x00\x01a\x02\x00")
+
+
+amf_values = st.recursive(
+    st.none() | st.just(UNDEFINED) | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4).map(ECMAArray),
+    max_leaves=12)
+
+
+@given(st.lists(amf_values, max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_amf0_round_trip_property(values):
+    assert amf0_decode(amf0_encode(*values)) == values
+
+
+# -- chunk parser: formats 0-3 ---------------------------------------------------------------------------------------
+
+
+def test_fmt0_single_chunk():
+    data = h0(3, 0, 5, 20, sid=0) + b"hello"
+    assert feed_all(data) == [Message(3, 0, 20, 0, b"hello")]
+
+
+def test_fmt1_fmt2_fmt3_deltas():
+    data = (h0(6, 1000, 3, 9) + b"abc"
+            + h1(6, 40, 2, 8) + b"de"           # delta 40, new length and type, same stream id
+            + h2(6, 33) + b"fg"                 # delta 33, same length and type
+            + h3(6) + b"hi")                    # new message: previous delta again
+    msgs = feed_all(data)
+    assert [(m.timestamp, m.type_id, m.stream_id, m.payload) for m in msgs] == [
+        (1000, 9, 1, b"abc"), (1040, 8, 1, b"de"), (1073, 8, 1, b"fg"), (1106, 8, 1, b"hi")]
+    assert feed_bytewise(data) == msgs
+
+
+def test_fmt3_after_fmt0_uses_fmt0_timestamp_as_delta():
+    data = h0(4, 100, 1, 8) + b"a" + h3(4) + b"b"
+    assert [m.timestamp for m in feed_all(data)] == [100, 200]
+
+
+def test_message_spanning_many_chunks_and_interleaved_csids():
+    a = bytes(range(256)) + b"A" * 44          # 300 bytes on csid 4
+    b = b"B" * 200                             # 200 bytes on csid 5
+    data = (h0(4, 10, 300, 9) + a[:128] + h0(5, 20, 200, 8) + b[:128] + h3(4) + a[128:256]
+            + h3(5) + b[128:] + h3(4) + a[256:])
+    msgs = feed_all(data)
+    assert msgs == [Message(5, 20, 8, 1, b), Message(4, 10, 9, 1, a)]
+    assert feed_bytewise(data) == msgs
+
+
+def test_zero_length_message():
+    assert feed_all(h0(3, 5, 0, 20, 0)) == [Message(3, 5, 20, 0, b"")]
+
+
+def test_fmt1_before_fmt0_is_an_error():
+    with pytest.raises(rtmp.RtmpError):
+        feed_all(h1(3, 0, 1, 20) + b"x")
+
+
+# -- extended timestamps -----------------------------------------------------------------------------------------
+
+
+def test_extended_timestamp_repeated_in_continuations():
+    ts = 0x01234567
+    payload = bytes(300)
+    data = (h0(6, 0xFFFFFF, 300, 9, ext=ts) + payload[:128] + h3(6, ext=ts) + payload[128:256]
+            + h3(6, ext=ts) + payload[256:])
+    msgs = feed_all(data)
+    assert msgs == [Message(6, ts, 9, 1, payload)]
+    assert feed_bytewise(data) == msgs
+    # serialize writes the same bytes
+    assert serialize(msgs[0], 128) == data
+
+
+def test_extended_timestamp_new_message_fmt3_and_extended_delta():
+    data = (h0(6, 0xFFFFFF, 1, 9, ext=0x01000000) + b"a"
+            + h3(6, ext=0x01000000) + b"b"           # new message: delta = the fmt 0 timestamp (spec)
+            + h1(6, 0xFFFFFF, 1, 9, ext=0x01000000) + b"c"   # extended delta
+            + h2(6, 10) + b"d")                      # back to a small delta: no extended field any more
+    assert [m.timestamp for m in feed_all(data)] == [0x01000000, 0x02000000, 0x03000000, 0x0300000A]
+
+
+def test_exactly_0xffffff_is_extended():
+    m = Message(3, 0xFFFFFF, 9, 1, b"x" * 10)
+    data = serialize(m, 4)
+    assert data.startswith(h0(3, 0xFFFFFF, 10, 9, ext=0xFFFFFF))
+    assert data.count(h3(3, ext=0xFFFFFF)) == 2
+    assert ChunkParser(chunk_size=4).feed(data) == [m]
+
+
+def test_timestamp_wraps_mod_2_32():
+    data = h0(4, 0xFFFFFF, 1, 8, ext=0xFFFFFFF0) + b"a" + h2(4, 0x20) + b"b"
+    assert [m.timestamp for m in feed_all(data)] == [0xFFFFFFF0, 0x10]
+
+
+# -- chunk size, abort -----------------------------------------------------------------------------------------------
+
+
+def test_set_chunk_size_mid_stream():
+    big = bytes(range(256)) * 20               # 5120 bytes
+    data = (h0(3, 0, 200, 20, 0) + b"c" * 128 + h3(3) + b"c" * 72
+            + h0(2, 0, 4, 1, 0) + struct.pack(">I", 4096)
+            + h0(6, 40, len(big), 9) + big[:4096] + h3(6) + big[4096:])
+    p = ChunkParser()
+    msgs = p.feed(data)
+    assert [m.type_id for m in msgs] == [20, 1, 9]
+    assert msgs[2].payload == big
+    assert p.chunk_size == 4096
+    assert feed_bytewise(data) == msgs
+
+
+def test_set_chunk_size_between_chunks_of_other_csid():
+    # csid 4 is mid-message when the chunk size changes; its next chunk uses the new size.
+    payload = b"p" * 400
+    data = (h0(4, 0, 400, 9) + payload[:128] + h0(2, 0, 4, 1, 0) + struct.pack(">I", 1000)
+            + h3(4) + payload[128:])
+    msgs = feed_all(data)
+    assert msgs[-1] == Message(4, 0, 9, 1, payload)
+
+
+def test_abort_drops_partial_message():
+    data = (h0(4, 0, 300, 9) + b"x" * 128
+            + h0(2, 0, 4, 2, 0) + struct.pack(">I", 4)
+            + h0(4, 50, 3, 9) + b"new")
+    msgs = feed_all(data)
+    assert [m.type_id for m in msgs] == [2, 9]
+    assert msgs[1] == Message(4, 50, 9, 1, b"new")
+    assert feed_bytewise(data) == msgs
+
+
+def test_chunk_writer_switches_after_set_chunk_size():
+    w = ChunkWriter()
+    scs = rtmp.set_chunk_size_message(4096)
+    media = Message(6, 0, 9, 1, b"m" * 5000)
+    data = w.write(scs) + w.write(media)
+    assert w.chunk_size == 4096
+    assert data == serialize(scs, 128) + serialize(media, 4096)
+    assert feed_all(data) == [scs, media]
+
+
+# -- basic header forms ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("csid", [2, 63, 64, 65, 319, 320, 1000, 65599])
+def test_csid_forms(csid):
+    payload = b"z" * 300
+    data = h0(csid, 7, 300, 9) + payload[:128] + h3(csid) + payload[128:256] + h3(csid) + payload[256:]
+    assert feed_all(data) == [Message(csid, 7, 9, 1, payload)]
+    assert feed_bytewise(data) == [Message(csid, 7, 9, 1, payload)]
+    assert serialize(Message(csid, 7, 9, 1, payload), 128) == data
+
+
+def test_basic_header_bytes():
+    assert bh(0, 64) == b"\x00\x00" and bh(3, 319) == b"\xc0\xff"
+    assert bh(0, 320) == b"\x01\x00\x01" and bh(0, 65599) == b"\x01\xff\xff"
+    with pytest.raises(rtmp.RtmpError):
+        serialize(Message(65600, 0, 9, 1, b""), 128)
+
+
+# -- property ---------------------------------------------------------------------------------------------------------
+
+messages = st.builds(
+    Message,
+    csid=st.one_of(st.integers(2, 63), st.integers(64, 319), st.integers(320, 65599)),
+    timestamp=st.one_of(st.integers(0, 0xFFFFFE), st.integers(0xFFFFFF, 0xFFFFFFFF)),
+    type_id=st.sampled_from([3, 4, 5, 6, 8, 9, 15, 17, 18, 20]),
+    stream_id=st.integers(0, 0xFFFFFFFF),
+    payload=st.binary(max_size=700),
+)
+
+
+@given(st.lists(messages, max_size=8), st.integers(1, 600), st.randoms(use_true_random=False))
+@settings(max_examples=300, deadline=None)
+def test_parse_serialize_property(msgs, chunk_size, rnd):
+    data = rtmp.serialize(rtmp.set_chunk_size_message(chunk_size), 128) + b"".join(
+        serialize(m, chunk_size) for m in msgs)
+    p = ChunkParser()
+    out: list[Message] = []
+    pos = 0
+    while pos < len(data):
+        step = rnd.randint(1, 900)
+        out += p.feed(data[pos:pos + step])
+        pos += step
+    assert out[1:] == msgs
+    assert p.buffered == 0
+
+
+# -- commands ---------------------------------------------------------------------------------------------------------
+
+
+def ffmpeg_connect(port: int = 30001) -> Message:
+    return command_message(["connect", 1.0, {
+        "app": "slot", "type": "nonprivate", "flashVer": "FMLE/3.0 (compatible; Lavf61.7.100)",
+        "tcUrl": f"rtmp://127.0.0.1:{port}/slot"}])
+
+
+def test_rewrite_connect_keeps_other_fields_in_order():
+    msg = ffmpeg_connect()
+    out = rewrite_command(msg, {}, "live2", "rtmp://a.rtmp.youtube.com/live2")
+    values = command_values(out)
+    assert values[0] == "connect" and values[1] == 1.0
+    assert values[2] == {"app": "live2", "type": "nonprivate", "flashVer": "FMLE/3.0 (compatible; Lavf61.7.100)",
+                         "tcUrl": "rtmp://a.rtmp.youtube.com/live2"}
+    assert list(values[2]) == ["app", "type", "flashVer", "tcUrl"]
+    assert (out.csid, out.timestamp, out.type_id, out.stream_id) == (msg.csid, msg.timestamp, 20, 0)
+
+
+def test_rewrite_connect_adds_missing_fields():
+    msg = command_message(["connect", 1.0, {"flashVer": "x"}])
+    values = command_values(rewrite_command(msg, {}, "a", "rtmp://h/a"))
+    assert values[2] == {"flashVer": "x", "app": "a", "tcUrl": "rtmp://h/a"}
+
+
+SPECIAL_KEY = "a|b[c]d:e=f\\g'h i?j&k  FB-123?s_bl=1&s_psm=1 "
+LONG_KEY = "".join(random.Random(1).choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789-_") for _ in range(300))
+
+
+@pytest.mark.parametrize("key", ["k", "a-much-longer-key-than-the-placeholder-0123456789", LONG_KEY, SPECIAL_KEY,
+                                 "x" * 70000])
+@pytest.mark.parametrize("cmd", ["releaseStream", "FCPublish", "publish", "FCUnpublish"])
+def test_rewrite_stream_name(cmd, key):
+    args = [cmd, 4.0, None, "slot-0"] + (["live"] if cmd == "publish" else [])
+    msg = command_message(args, csid=8 if cmd == "publish" else 3, stream_id=1 if cmd == "publish" else 0)
+    out = rewrite_command(msg, {"slot-0": key}, "app", "rtmp://h/app")
+    values = command_values(out)
+    assert values[3] == key
+    assert values[:3] == args[:3] and values[4:] == args[4:]
+    # survives chunking at ffmpeg's sizes
+    for size in (128, 4096):
+        assert feed_all(serialize(set_size(size), 128) + serialize(out, size))[1] == out
+
+
+def set_size(size: int) -> Message:
+    return rtmp.set_chunk_size_message(size)
+
+
+def test_rewrite_amf3_command():
+    msg = command_message(["publish", 5.0, None, "slot-2", "live"], type_id=17)
+    out = rewrite_command(msg, {"slot-2": SPECIAL_KEY}, None, None)
+    assert out.type_id == 17 and out.payload[0] == 0
+    assert command_values(out) == ["publish", 5.0, None, SPECIAL_KEY, "live"]
+
+
+def test_rewrite_leaves_other_messages_alone():
+    others = [command_message(["createStream", 2.0, None]), command_message(["publish", 5.0, None, "other"]),
+              Message(4, 0, 9, 1, b"\x17\x00"), command_message(["deleteStream", 6.0, None, 1.0])]
+    for m in others:
+        assert rewrite_command(m, {"slot-0": "k"}, "a", "t") is m
+
+
+def test_command_name():
+    assert rtmp.command_name(ffmpeg_connect()) == "connect"
+    assert rtmp.command_name(Message(4, 0, 9, 1, b"\x02\x00\x01x")) is None
+    assert rtmp.command_name(Message(3, 0, 20, 0, b"\xff")) is None
+
+
+# -- URLs -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("rtmp://a.rtmp.youtube.com/live2", ("rtmp", "a.rtmp.youtube.com", 1935, "live2",
+                                          "rtmp://a.rtmp.youtube.com/live2")),
+    ("rtmps://live-api-s.facebook.com:443/rtmp/", ("rtmps", "live-api-s.facebook.com", 443, "rtmp",
+                                                    "rtmps://live-api-s.facebook.com:443/rtmp")),
+    ("rtmps://localhost/live", ("rtmps", "localhost", 443, "live", "rtmps://localhost/live")),
+    ("rtmp://h:1936/app/inst?token=a&b=c", ("rtmp", "h", 1936, "app/inst?token=a&b=c",
+                                             "rtmp://h:1936/app/inst?token=a&b=c")),
+    ("RTMP://[::1]:1935/live", ("rtmp", "::1", 1935, "live", "rtmp://[::1]:1935/live")),
+])
+def test_parse_url(url, expected):
+    t = parse_url(url)
+    assert (t.scheme, t.host, t.port, t.app, t.tcurl) == expected
+
+
+@pytest.mark.parametrize("url", ["http://h/live", "rtmp:///live", "rtmp://h:99999/live", "rtmp://u:p@h/live", "h/live"])
+def test_parse_url_rejects(url):
+    with pytest.raises(ValueError):
+        parse_url(url)
