@@ -1,0 +1,289 @@
+"""Pure: from an input, encoding settings and slaves to the exact ffmpeg argv (tee spec escaping lives here).
+
+Nothing here touches the disk, the network or a process; everything is tested on strings.
+The argv is built by hand, in order (ffmpeg's meaning depends on option order; ffmpeg-python's builder sorts
+options alphabetically, so it is not used to compile it).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from restream.errors import UsageError
+from restream.redact import backslash_escape
+
+FIFO_OPTIONS = {
+    "attempt_recovery": "1",
+    "recover_any_error": "1",
+    "recovery_wait_time": "1",
+    "drop_pkts_on_overflow": "1",
+    "restart_with_keyframe": "1",
+}
+SLAVE_RW_TIMEOUT_US = 5_000_000
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+)
+
+
+@dataclass(frozen=True)
+class Input:
+    """What to broadcast. ``kind``: file, url, device, stdin or test."""
+
+    kind: str
+    target: str | None = None
+    loop: bool = False
+    audio: str | None = None  # capture audio, "alsa:default" or "pulse:default"
+    has_audio: bool = True  # files: known from probing; others: assumed, mapped optionally
+    fps: float | None = None  # files: known from probing
+
+    @property
+    def live(self) -> bool:
+        return self.kind in ("url", "device", "stdin")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    copy: bool = False
+    video_bitrate_k: int = 4500
+    audio_bitrate_k: int = 160
+    size: tuple[int, int] | None = None
+    fps: float | None = None
+    preset: str = "veryfast"
+
+
+@dataclass(frozen=True)
+class Slave:
+    """One tee output: a destination (through restream's relay, or direct for SRT) or a local recording."""
+
+    name: str
+    url: str
+    format: str
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    argv: tuple[str, ...]
+    slaves: tuple[Slave, ...]
+    secrets: tuple[str, ...] = field(default=())
+
+    def shell(self) -> str:
+        return shlex.join(self.argv)
+
+
+# -- parsing of user values ---------------------------------------------------------------------------------------
+
+def parse_bitrate(text: str, what: str) -> int:
+    """'4500k', '4.5M', '4500' -> kbit/s."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)(?:bps|b/s|bit/s)?\s*", text or "")
+    if not m:
+        raise UsageError(f"invalid {what} {text!r}: use e.g. 4500k or 6M")
+    value = float(m.group(1)) * (1000 if m.group(2).lower() == "m" else 1)
+    if not 16 <= value <= 100_000:
+        raise UsageError(f"{what} {text!r} is out of range (16k to 100M)")
+    return int(value)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{2,5})[xX](\d{2,5})", text or "")
+    if not m:
+        raise UsageError(f"invalid size {text!r}: use WIDTHxHEIGHT, e.g. 1280x720")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w % 2 or h % 2:
+        raise UsageError(f"invalid size {text!r}: width and height must be even for H.264 4:2:0")
+    return w, h
+
+
+def parse_fps(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"invalid frame rate {text!r}: use e.g. 30 or 29.97") from None
+    if not 1 <= value <= 240:
+        raise UsageError(f"frame rate {text!r} is out of range (1 to 240)")
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds."""
+    if not text or not re.fullmatch(r"(\d+(\.\d+)?[hms]?)+", text.strip()):
+        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h or 1h30m")
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text.strip()):
+        total += float(number) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit]
+    if total <= 0:
+        raise UsageError(f"duration {text!r} must be more than zero")
+    return total
+
+
+def parse_input(text: str | None, test_pattern: bool, loop: bool, audio: str | None) -> Input:
+    """Classify the INPUT argument (pure: no probing here)."""
+    if test_pattern:
+        if text:
+            raise UsageError("give either INPUT or --test-pattern, not both")
+        return Input("test")
+    if not text:
+        raise UsageError("no input: give a file, a URL, v4l2:/dev/videoN, '-' for stdin, or --test-pattern")
+    if audio is not None and not re.fullmatch(r"(alsa|pulse):\S+", audio):
+        raise UsageError(f"invalid --audio {audio!r}: use alsa:DEVICE or pulse:DEVICE")
+    if text == "-":
+        kind = "stdin"
+    elif text.startswith("v4l2:"):
+        kind = "device"
+    elif re.match(r"(rtmps?|srt|https?|rtsp|udp|tcp)://", text, re.I):
+        kind = "url"
+    elif re.match(r"[a-z][a-z0-9+.-]*://", text, re.I):
+        raise UsageError(f"unsupported input URL scheme in {text.split('://')[0]!r}://")
+    else:
+        kind = "file"
+    if loop and kind != "file":
+        raise UsageError("--loop works with media files only")
+    if audio and kind != "device":
+        raise UsageError("--audio goes with a capture device input (v4l2:/dev/videoN)")
+    return Input(kind, text, loop, audio)
+
+
+# -- tee spec -----------------------------------------------------------------------------------------------------
+
+def tee_escape(text: str) -> str:
+    """Escape a string for ffmpeg's tee-spec tokenizer (one level: it removes one level of backslashes)."""
+    return backslash_escape(text)
+
+
+def slave_spec(slave: Slave) -> str:
+    """``[f=flv:onfail=ignore:k=v]url`` with both escaping levels applied to values and one to the URL."""
+    opts = [("f", slave.format), ("onfail", "ignore"), *slave.options]
+    inner = ":".join(f"{k}={backslash_escape(backslash_escape(v))}" for k, v in opts)
+    return f"[{inner}]{tee_escape(slave.url)}"
+
+
+def tee_target(slaves: tuple[Slave, ...]) -> str:
+    return "|".join(slave_spec(s) for s in slaves)
+
+
+def fifo_options(queue_size: int) -> str:
+    return ":".join(f"{k}={v}" for k, v in {**FIFO_OPTIONS, "queue_size": str(queue_size)}.items())
+
+
+# -- slaves -------------------------------------------------------------------------------------------------------
+
+def relay_slave(name: str, slot_url: str) -> Slave:
+    """An RTMP(S) destination, published to restream's local relay slot (no key in the argv)."""
+    return Slave(name, slot_url, "flv", (("rw_timeout", str(SLAVE_RW_TIMEOUT_US)),))
+
+
+def srt_slave(name: str, server_url: str, key: str | None) -> Slave:
+    """SRT cannot pass the TCP relay: a direct slave; a separate key travels as the streamid."""
+    url = server_url
+    if key is not None:
+        from urllib.parse import quote
+
+        url += ("&" if "?" in url else "?") + "streamid=" + quote(key, safe="")
+    return Slave(name, url, "mpegts")
+
+
+RECORD_FORMATS = {".flv": "flv", ".ts": "mpegts", ".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}
+
+
+def record_slave(path: str) -> Slave:
+    ext = Path(path).suffix.lower()
+    fmt = RECORD_FORMATS.get(ext)
+    if fmt is None:
+        raise UsageError(f"--record: unsupported file type {ext or '(none)'!r}: use {', '.join(RECORD_FORMATS)}")
+    options: tuple[tuple[str, str], ...] = ()
+    if fmt in ("mp4", "mov"):  # fragmented, so a recording cut short still plays
+        options = (("movflags", "+frag_keyframe+empty_moov+default_base_moof"),)
+    return Slave("record", path, fmt, options)
+
+
+# -- argv ---------------------------------------------------------------------------------------------------------
+
+def test_pattern_filter(size: tuple[int, int], fps: float, font: str | None) -> str:
+    w, h = size
+    graph = f"testsrc2=size={w}x{h}:rate={fps:g}"
+    if font:
+        fs = max(12, h // 18)
+        graph += (f",drawtext=fontfile={font}:text='restream test  %{{localtime}}':x=(w-tw)/2:y=h-th-{fs}"
+                  f":fontsize={fs}:fontcolor=white:box=1:boxcolor=black@0.6:boxborderw={fs // 3}")
+    return graph
+
+
+def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
+    if inp.kind == "test":
+        size = enc.size or (1280, 720)
+        fps = enc.fps or 30
+        return ["-re", "-f", "lavfi", "-i", test_pattern_filter(size, fps, font),
+                "-re", "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:beep_factor=4"]
+    if inp.kind == "file":
+        loop = ["-stream_loop", "-1"] if inp.loop else []
+        return ["-re", *loop, "-i", inp.target or ""]
+    if inp.kind == "stdin":
+        return ["-i", "pipe:0"]
+    if inp.kind == "url":
+        network = ["-rw_timeout", "10000000"] if re.match(r"(rtmps?|https?|tcp)://", inp.target or "") else []
+        return [*network, "-i", inp.target or ""]
+    if inp.kind == "device":
+        args = ["-f", "v4l2", "-i", (inp.target or "")[len("v4l2:"):]]
+        if inp.audio:
+            fmt, dev = inp.audio.split(":", 1)
+            args += ["-f", fmt, "-i", dev]
+        return args
+    raise ValueError(inp.kind)
+
+
+def stream_maps(inp: Input) -> list[str]:
+    if inp.kind == "test" or (inp.kind == "device" and inp.audio):
+        return ["-map", "0:v:0", "-map", "1:a:0"]
+    if inp.kind == "file" and not inp.has_audio:
+        return ["-map", "0:v:0"]
+    return ["-map", "0:v:0", "-map", "0:a:0?"]
+
+
+def encode_args(inp: Input, enc: Encoding) -> list[str]:
+    if enc.copy:
+        return ["-c", "copy"]
+    fps = enc.fps or (30 if inp.kind == "test" else inp.fps)
+    args: list[str] = []
+    filters = []
+    if enc.size and inp.kind != "test":
+        filters.append(f"scale={enc.size[0]}:{enc.size[1]}")
+    if enc.fps and inp.kind != "test":
+        filters.append(f"fps={enc.fps:g}")
+    if filters:
+        args += ["-vf", ",".join(filters)]
+    v = enc.video_bitrate_k
+    args += ["-c:v", "libx264", "-preset", enc.preset, "-profile:v", "high", "-pix_fmt", "yuv420p",
+             "-b:v", f"{v}k", "-maxrate", f"{v}k", "-bufsize", f"{2 * v}k", "-sc_threshold", "0"]
+    if fps:
+        gop = round(2 * fps)
+        args += ["-g", str(gop), "-keyint_min", str(gop)]
+    args += ["-force_key_frames", "expr:gte(t,n_forced*2)"]
+    args += ["-c:a", "aac", "-b:a", f"{enc.audio_bitrate_k}k", "-ar", "48000", "-ac", "2"]
+    return args
+
+
+def build(ffmpeg: str, inp: Input, enc: Encoding, slaves: tuple[Slave, ...], duration: float | None = None,
+          queue_size: int = 600, font: str | None = None, secrets: tuple[str, ...] = ()) -> Plan:
+    """The whole argv: one input, one encode, one tee with an isolated, self-healing slave per output."""
+    if not slaves:
+        raise UsageError("nothing to send to: no destination selected")
+    argv = [ffmpeg, "-hide_banner", "-loglevel", "level+info", "-progress", "pipe:1", "-stats_period", "0.5",
+            "-nostats"]
+    argv += input_args(inp, enc, font)
+    argv += stream_maps(inp)
+    argv += encode_args(inp, enc)
+    if duration is not None:
+        argv += ["-t", f"{duration:g}"]
+    argv += ["-flags", "+global_header", "-f", "tee", "-use_fifo", "1", "-fifo_options", fifo_options(queue_size),
+             tee_target(slaves)]
+    return Plan(tuple(argv), slaves, secrets)
+
+
+def find_font(exists=lambda p: Path(p).is_file()) -> str | None:
+    return next((f for f in FONT_CANDIDATES if exists(f)), None)
