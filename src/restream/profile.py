@@ -115,15 +115,18 @@ def validate_name(name: str) -> str:
 
 
 def validate_url(url: str) -> str:
-    if not isinstance(url, str) or not url:
+    if not isinstance(url, str):
+        raise UsageError("the server URL must be a string")
+    if not url:
         raise UsageError("the server URL is empty")
     if any(c.isspace() for c in url) or not url.isprintable():
         raise UsageError("the server URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise UsageError(f"invalid server URL: {exc}") from None
+    except ValueError:
+        # urllib's messages quote the netloc or port, which may hold a password or a pasted key: say less.
+        raise UsageError("invalid server URL: malformed host or port") from None
     if parts.scheme.lower() not in SCHEMES:
         raise UsageError(f"unsupported URL scheme {parts.scheme or '(none)'!r}: use rtmp://, rtmps:// or srt://")
     if not parts.hostname:
@@ -134,7 +137,9 @@ def validate_url(url: str) -> str:
 
 
 def validate_key(key: str) -> str:
-    if not isinstance(key, str) or key == "":
+    if not isinstance(key, str):
+        raise UsageError("the stream key must be a string")
+    if key == "":
         raise UsageError("the stream key is empty")
     if not key.isprintable():
         raise UsageError("the stream key contains control characters (tabs, newlines)")
@@ -223,7 +228,7 @@ def to_document(profile: Profile, include_keys: bool = True) -> dict:
 def from_document(doc: dict, where: str) -> tuple[Destination, ...]:
     """Validate a parsed profile document; errors name ``where`` and the entry."""
     version = doc.get("version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # `version = true` equals 1 in Python
         raise ProfileError(f"{where}: unsupported version {version!r} (this restream reads version {FORMAT_VERSION})")
     unknown = sorted(set(doc) - {"version", "destinations"})
     if unknown:
@@ -354,9 +359,23 @@ def locked(name: str, timeout: float = 30.0) -> Iterator[None]:
         raise ProfileError(f"profile {name!r} is being edited by another command (lock {lock_path})") from None
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files left by a save that was killed mid-way (only call while holding the profile's lock)."""
+    try:
+        leftovers = list(path.parent.glob(f".{path.name}.*.tmp"))
+    except OSError:
+        return
+    for tmp in leftovers:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 def update(name: str, change: Callable[[Profile], Profile]) -> Profile:
     """Load, change and save a profile under its lock; the file is untouched if ``change`` raises."""
     with locked(name):
+        _remove_stale_temps(paths.profile_path(name))
         before = load(name)
         after = change(before)
         if after != before or not before.exists:
