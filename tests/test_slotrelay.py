@@ -1,0 +1,434 @@
+"""SlotRelay against real processes: the bundled ffmpeg publishing, ffmpeg -listen receivers, a fake RTMP server
+that records what the relay sends, and a Python TLS front for RTMPS. Loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CANARY_KEY
+from restream import rtmp
+from restream.slotrelay import SlotEvent, SlotRelay, Upstream
+from support import FFMPEG, Receiver, free_port, probe, wait_for
+
+pytestmark = pytest.mark.e2e
+
+DATA = Path(__file__).parent / "data"
+CERT = DATA / "cert.pem"
+KEY_PEM = DATA / "key.pem"
+
+LONG_KEY = "L" + "".join(chr(ord("a") + (i * 7) % 26) for i in range(298)) + "Z"  # 300 characters
+SPECIAL_KEY = "sp ec|ial[k]e:y=1\\x'q?a=1&b=2 end"
+FIFO_OPTIONS = ("attempt_recovery=1:recover_any_error=1:recovery_wait_time=1:drop_pkts_on_overflow=1:"
+                "restart_with_keyframe=1:queue_size=2000")
+
+
+# -- harness ---------------------------------------------------------------------------------------------------------
+
+
+class RelayThread:
+    """A SlotRelay running in its own event loop thread; events are collected in ``events``."""
+
+    def __init__(self, slots: int = 2, **kwargs) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.events: list[SlotEvent] = []
+        self.kwargs = kwargs
+        self.slots = slots
+        self.relay: SlotRelay
+
+    def __enter__(self) -> "RelayThread":
+        self.thread.start()
+        self.relay = SlotRelay(self.slots, on_event=self.events.append, **self.kwargs)
+        self.run(self.relay.start())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.run(self.relay.close(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+    def run(self, coro, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def assign(self, slot: int, upstream: Upstream | None) -> None:
+        async def go():
+            self.relay.assign(slot, upstream)
+        self.run(go())
+
+    def kinds(self, slot: int = 0) -> list[str]:
+        return [e.kind for e in self.events if e.slot == slot]
+
+    def wait_event(self, kind: str, slot: int = 0, after: int = 0, timeout: float = 10.0) -> SlotEvent:
+        def find():
+            for e in self.events[after:]:
+                if e.slot == slot and e.kind == kind:
+                    return e
+            return None
+        return wait_for(find, timeout, what=f"slot {slot} {kind!r} event (seen {self.events[after:]})")
+
+
+def publish(url: str, seconds: float = 4, tee: bool = False, stdin: bool = False) -> subprocess.Popen:
+    args = [FFMPEG, "-hide_banner", "-loglevel", "warning", "-re",
+            "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15", "-f", "lavfi", "-i", "sine=f=440:r=48000"]
+    if seconds:
+        args += ["-t", str(seconds)]
+    args += ["-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast", "-g", "15",
+             "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-flags", "+global_header"]
+    if tee:
+        args += ["-f", "tee", "-use_fifo", "1", "-fifo_options", FIFO_OPTIONS, f"[f=flv:onfail=ignore]{url}"]
+    else:
+        args += ["-f", "flv", url]
+    if not stdin:
+        args.insert(1, "-nostdin")
+    return subprocess.Popen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(5)
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def no_key_in_events(relay: RelayThread, *keys: str) -> None:
+    for e in relay.events:
+        for key in keys:
+            assert key not in repr(e)
+
+
+class FakeServer:
+    """A minimal RTMP server on loopback: answers connect/createStream/publish, records every client message."""
+
+    def __init__(self) -> None:
+        self.messages: list[rtmp.Message] = []
+        self.raw_sessions = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> "FakeServer":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", free_port())
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.raw_sessions += 1
+        try:
+            c0c1 = await r.readexactly(1537)
+            w.write(b"\x03" + bytes(1536) + c0c1[1:])
+            await r.readexactly(1536)
+            parser = rtmp.ChunkParser()
+            out = rtmp.ChunkWriter()
+            while data := await r.read(65536):
+                for m in parser.feed(data):
+                    self.messages.append(m)
+                    name = rtmp.command_name(m)
+                    if name is None:
+                        continue
+                    values = rtmp.command_values(m)
+                    if name == "connect":
+                        w.write(out.write(rtmp.set_chunk_size_message(4096)))
+                        w.write(out.write(rtmp.command_message(
+                            ["_result", values[1], {"fmsVer": "FMS/3,0,1,123"},
+                             {"level": "status", "code": "NetConnection.Connect.Success"}])))
+                    elif name == "createStream":
+                        w.write(out.write(rtmp.command_message(["_result", values[1], None, 1.0])))
+                    elif name == "publish":
+                        w.write(out.write(rtmp.command_message(
+                            ["onStatus", 0.0, None, {"level": "status", "code": "NetStream.Publish.Start",
+                                                     "description": f"{values[3]} is now published."}],
+                            csid=5, stream_id=1)))
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+    def commands(self) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for m in self.messages:
+            name = rtmp.command_name(m)
+            if name:
+                out.setdefault(name, []).append(rtmp.command_values(m))
+        return out
+
+    async def close(self) -> None:
+        if self.server:
+            self.server.close()
+
+
+async def tls_front(target_port: int) -> asyncio.AbstractServer:
+    """TLS terminator on loopback (cert for localhost/127.0.0.1) in front of a plain RTMP port."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(CERT, KEY_PEM)
+
+    async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
+        try:
+            while data := await a.read(65536):
+                b.write(data)
+                await b.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            b.close()
+
+    async def handle(r, w):
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", target_port)
+        except OSError:
+            w.close()
+            return
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+    return await asyncio.start_server(handle, "127.0.0.1", free_port(), ssl=ctx)
+
+
+@pytest.fixture
+def relay():
+    with RelayThread(slots=2) as r:
+        yield r
+
+
+@pytest.fixture
+def receivers(tmp_path):
+    started: list[Receiver] = []
+
+    def make(key: str, name: str = "rx") -> Receiver:
+        rx = Receiver(free_port(), tmp_path / f"{name}-{len(started)}.flv", key=key).start()
+        started.append(rx)
+        return rx
+
+    yield make
+    for rx in started:
+        rx.kill()
+
+
+# -- tests -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_publish_through_relay_reaches_receiver_with_exact_key(relay, receivers):
+    key = "exact-Key_42?s=1&t=2"
+    rx = receivers(key)
+    relay.assign(0, Upstream("yt", rx.url, key))
+    pub = publish(relay.relay.slave_url(0), seconds=4)
+    try:
+        assert pub.wait(30) == 0, pub.stderr.read().decode(errors="replace")[-2000:]
+    finally:
+        stop(pub)
+    assert rx.proc.wait(10) == 0
+    media = probe(rx.out)
+    assert media.decodes, media.errors
+    assert media.duration > 3.0
+    assert (media.video_codec, media.audio_codec) == ("h264", "aac")
+    assert rx.stream_names() == []  # the receiver saw exactly its key
+    relay.wait_event("disconnected")
+    assert relay.kinds(0) == ["connecting", "live", "disconnected"]
+    assert relay.events[-1].error is None and relay.events[-1].name == "yt"
+    (s0, s1) = relay.relay.stats()
+    assert s0.name == "yt" and s0.sessions == 1 and not s0.connected and not s0.live
+    assert s0.bytes_up > 100_000 and s1.bytes_up == 0 and s1.name is None
+    assert relay.relay.slave_url(0) == f"rtmp://127.0.0.1:{relay.relay.ports[0]}/slot/slot-0"
+    no_key_in_events(relay, key)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key", [LONG_KEY, SPECIAL_KEY, CANARY_KEY], ids=["300chars", "special", "canary"])
+def test_forwarded_commands_carry_destination_app_tcurl_and_exact_key(relay, key):
+    server = relay.run(FakeServer().start())
+    try:
+        url = f"rtmp://127.0.0.1:{server.port}/live?x=1"
+        relay.assign(0, Upstream("fake", url, key))
+        pub = publish(relay.relay.slave_url(0), seconds=2)
+        try:
+            pub.wait(30)
+        finally:
+            stop(pub)
+        relay.wait_event("disconnected")
+        cmds = server.commands()
+        (connect,) = cmds["connect"]
+        assert connect[2]["app"] == "live?x=1"
+        assert connect[2]["tcUrl"] == url
+        assert connect[2]["type"] == "nonprivate" and "flashVer" in connect[2]  # other fields kept
+        for name in ("releaseStream", "FCPublish", "publish", "FCUnpublish"):
+            assert [v[3] for v in cmds[name]] == [key], name
+        types = {m.type_id for m in server.messages}
+        assert {rtmp.AUDIO, rtmp.VIDEO, rtmp.SET_CHUNK_SIZE} <= types and rtmp.ABORT not in types
+        everything = b"".join(m.payload for m in server.messages)
+        assert b"slot-0" not in everything and b"/slot" not in everything
+        assert relay.kinds(0) == ["connecting", "live", "disconnected"]
+        no_key_in_events(relay, key)
+    finally:
+        relay.run(server.close())
+
+
+@pytest.mark.timeout(30)
+def test_unassigned_slot_refuses(relay):
+    pub = publish(relay.relay.slave_url(1), seconds=2)
+    try:
+        assert pub.wait(20) != 0
+    finally:
+        stop(pub)
+    e = relay.wait_event("refused", slot=1)
+    assert e.name is None and e.error == "slot not assigned"
+    assert relay.relay.stats()[1].sessions == 0
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("path", ["slot/slot-1", "other/slot-0"])
+def test_wrong_placeholder_or_app_refused(relay, path):
+    server = relay.run(FakeServer().start())
+    try:
+        relay.assign(0, Upstream("fake", f"rtmp://127.0.0.1:{server.port}/live", "the-key"))
+        pub = publish(f"rtmp://127.0.0.1:{relay.relay.ports[0]}/{path}", seconds=2)
+        try:
+            assert pub.wait(20) != 0
+        finally:
+            stop(pub)
+        e = relay.wait_event("refused")
+        assert e.name == "fake" and ("wrong placeholder" in e.error or "unexpected app" in e.error)
+        assert relay.kinds(0) == ["connecting", "refused"]
+        assert "publish" not in server.commands()
+        assert not any(m.type_id in (rtmp.AUDIO, rtmp.VIDEO) for m in server.messages)
+    finally:
+        relay.run(server.close())
+
+
+@pytest.mark.timeout(30)
+def test_upstream_connection_refused(relay):
+    key = "secret-key-123"
+    port = free_port()
+    relay.assign(0, Upstream("dead", f"rtmp://127.0.0.1:{port}/live", key))
+    pub = publish(relay.relay.slave_url(0), seconds=2)
+    try:
+        assert pub.wait(20) != 0
+    finally:
+        stop(pub)
+    e = relay.wait_event("disconnected")
+    assert e.error == f"cannot connect to 127.0.0.1:{port}: Connection refused"
+    no_key_in_events(relay, key)
+
+
+@pytest.mark.timeout(90)
+def test_unassign_closes_at_once_and_reassign_reconnects_through_fifo(relay, receivers):
+    rx_a = receivers("key-a", "a")
+    relay.assign(0, Upstream("a", rx_a.url, "key-a"))
+    pub = publish(relay.relay.slave_url(0), seconds=0, tee=True, stdin=True)
+    try:
+        relay.wait_event("live", timeout=15)
+        time.sleep(1.5)
+        n = len(relay.events)
+        t0 = time.monotonic()
+        relay.assign(0, None)
+        e = relay.wait_event("disconnected", after=n, timeout=1.0)
+        assert time.monotonic() - t0 < 1.0 and e.error is None and e.name == "a"
+        assert not relay.relay.stats()[0].connected
+        assert rx_a.proc.wait(10) is not None  # the receiver saw the publisher go
+        time.sleep(1.5)  # ffmpeg's fifo retries meanwhile and is refused
+        assert "refused" in relay.kinds(0)
+
+        # assign a new destination: the fifo reconnects and media flows within 3 s
+        rx_b = receivers("key-b", "b")
+        n = len(relay.events)
+        t0 = time.monotonic()
+        relay.assign(0, Upstream("b", rx_b.url, "key-b"))
+        relay.wait_event("live", after=n, timeout=3.0)
+        wait_for(lambda: relay.relay.stats()[0].bytes_up > 20_000, 3.0 - (time.monotonic() - t0),
+                 what="media bytes sent to receiver b")
+        wait_for(rx_b.connected, 10, what="receiver b reading the stream")
+        time.sleep(2)
+
+        # a changed upstream (no unassign in between) closes the session and reconnects to the new one
+        rx_c = receivers("key-c", "c")
+        n = len(relay.events)
+        relay.assign(0, Upstream("c", rx_c.url, "key-c"))
+        relay.wait_event("disconnected", after=n, timeout=1.0)
+        relay.wait_event("live", after=n, timeout=3.0)
+        assert relay.relay.stats()[0].live and relay.relay.stats()[0].name == "c"
+        time.sleep(2)
+        pub.stdin.write(b"q")
+        pub.stdin.flush()
+        assert pub.wait(10) == 0
+    finally:
+        stop(pub)
+    for rx in (rx_b, rx_c):
+        assert rx.proc.wait(10) == 0
+        media = probe(rx.out)
+        assert media.decodes, media.errors
+        assert media.first_packet_key
+        assert media.duration > 1.0
+        assert rx.stream_names() == []
+
+
+@pytest.mark.timeout(60)
+def test_rtmps_upstream_verified_with_ca_file(relay, receivers, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    key = "tls key with spaces & ?x=1"
+    rx = receivers("tlskey")  # ffmpeg's listener: the key it expects must survive its own URL parsing
+    front = relay.run(tls_front(rx.port))
+    try:
+        port = front.sockets[0].getsockname()[1]
+        relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", "tlskey", ca_file=str(CERT)))
+        pub = publish(relay.relay.slave_url(0), seconds=3)
+        try:
+            assert pub.wait(30) == 0, pub.stderr.read().decode(errors="replace")[-2000:]
+        finally:
+            stop(pub)
+        assert rx.proc.wait(10) == 0
+        media = probe(rx.out)
+        assert media.decodes and media.duration > 2.0, media.errors
+        assert rx.stream_names() == []
+        assert relay.kinds(0) == ["connecting", "live", "disconnected"]
+
+        # the same front without the CA: verification fails, the key is not in the error
+        n = len(relay.events)
+        relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", key))
+        pub = publish(relay.relay.slave_url(0), seconds=2)
+        try:
+            assert pub.wait(20) != 0
+        finally:
+            stop(pub)
+        e = relay.wait_event("disconnected", after=n)
+        assert "certificate verify failed" in e.error.lower()
+        assert key not in e.error and "\n" not in e.error
+        assert relay.kinds(0)[n:] == ["connecting", "disconnected"] or relay.kinds(0)[-2:] == [
+            "connecting", "disconnected"]
+    finally:
+        front.close()
+
+
+@pytest.mark.timeout(30)
+def test_rtmps_honours_ssl_cert_file(relay, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(CERT))
+    server = relay.run(FakeServer().start())
+    front = relay.run(tls_front(server.port))
+    try:
+        port = front.sockets[0].getsockname()[1]
+        relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", "k"))
+        pub = publish(relay.relay.slave_url(0), seconds=1)
+        try:
+            pub.wait(20)
+        finally:
+            stop(pub)
+        relay.wait_event("disconnected")
+        assert "live" in relay.kinds(0)
+        assert [v[3] for v in server.commands()["publish"]] == ["k"]
+    finally:
+        front.close()
+        relay.run(server.close())
