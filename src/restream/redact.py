@@ -24,8 +24,22 @@ def spellings(secret: str) -> set[str]:
     return {f for f in forms if f}
 
 
+SHORT = 8  # keys shorter than this are masked only where they stand alone, not inside other words
+
+
+def _pattern(form: str) -> str:
+    escaped = re.escape(form)
+    if len(form) >= SHORT:
+        return escaped
+    return rf"(?<![A-Za-z0-9]){escaped}(?![A-Za-z0-9])"
+
+
 class Redactor:
-    """Replace every known secret in a text. Cheap when there are no secrets."""
+    """Replace every known secret in a text. Cheap when there are no secrets.
+
+    A key of 8 characters or more is masked wherever it appears; a shorter one only where it is not part of a
+    longer word (so a one-letter test key does not shred every log line).
+    """
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         forms: set[str] = set()
@@ -33,7 +47,7 @@ class Redactor:
             if secret:
                 forms |= spellings(secret)
         ordered = sorted(forms, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._pattern = re.compile("|".join(map(_pattern, ordered))) if ordered else None
 
     def __call__(self, text: str) -> str:
         if self._pattern is None or not text:
