@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from restream import events as ev
@@ -26,6 +27,7 @@ STOP_GRACE_S = 4.0  # after "q", before the first signal
 SIGNAL_GRACE_S = 3.0  # after each signal, before the next (a stalled ffmpeg needs a second one)
 TRAFFIC_INTERVAL_S = 1.0
 SRT_SETTLE_S = 3.0
+WATCH_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,20 @@ class Target:
         return f"Target(name={self.name!r}, server_url={self.server_url!r}, key='••••')"
 
 
+def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | None = None
+           ) -> tuple[tuple[plan.Slave, ...], dict[str, int], int]:
+    """The tee's slaves: one relay slot per RTMP(S) destination plus free slots up to five (for destinations
+    added while live), a direct slave per SRT destination, and the recording. Returns (slaves, slot_of, slots)."""
+    srt = [t for t in targets if not t.via_relay]
+    relay_slots = SLOTS - len(srt)
+    slaves = [plan.relay_slave(f"slot-{i}", slot_url(i)) for i in range(relay_slots)]
+    slaves += [plan.srt_slave(t.name, t.server_url, t.key) for t in srt]
+    if record:
+        slaves.append(plan.record_slave(record))
+    slot_of = {t.name: i for i, t in enumerate(t for t in targets if t.via_relay)}
+    return tuple(slaves), slot_of, relay_slots
+
+
 def exit_code(delivered: dict[str, bool]) -> int:
     """Input ended: 0 if every destination delivered, 1 if some did not, 5 if none did."""
     if not delivered or not any(delivered.values()):
@@ -77,6 +93,7 @@ class Broadcast:
         font: str | None = None,
         queue_size: int = 600,
         input_label: str = "",
+        watch: tuple[Path, Callable[[], list[Target]]] | None = None,
     ) -> None:
         self.ffmpeg, self.inp, self.enc = ffmpeg, inp, enc
         self.emit = on_event
@@ -92,7 +109,10 @@ class Broadcast:
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_reason: str | None = None
         self._stop = asyncio.Event()
+        self.relay_slots = SLOTS
+        self.watch = watch
         self._srt_errors: dict[str, float] = {}
+        self._srt_since = 0.0
         self._quiet_ports: set[str] = set()
 
     # -- state ------------------------------------------------------------------------------------------------
@@ -126,26 +146,13 @@ class Broadcast:
     # -- slots ------------------------------------------------------------------------------------------------
 
     def _slaves(self) -> tuple[plan.Slave, ...]:
-        slaves: list[plan.Slave] = []
-        free = iter(range(SLOTS))
-        srt = [t for t in self.targets.values() if not t.via_relay]
-        relay_count = SLOTS - len(srt)
-        for slot in range(relay_count):
-            slaves.append(plan.relay_slave(f"slot-{slot}", self.relay.slave_url(slot)))
-        for t in srt:
-            slaves.append(plan.srt_slave(t.name, t.server_url, t.key))
-        for t in self.targets.values():
-            if t.via_relay:
-                slot = next(free)
-                self.slot_of[t.name] = slot
-        if self.record:
-            slaves.append(plan.record_slave(self.record))
-        self.relay_slots = relay_count
-        return tuple(slaves)
+        slaves, self.slot_of, self.relay_slots = layout(list(self.targets.values()), self.relay.slave_url,
+                                                        self.record)
+        return slaves
 
     def free_slots(self) -> list[int]:
         used = set(self.slot_of.values())
-        return [s for s in range(getattr(self, "relay_slots", SLOTS)) if s not in used]
+        return [s for s in range(self.relay_slots) if s not in used]
 
     def apply(self, targets: list[Target]) -> list[str]:
         """Change the running broadcast to ``targets`` (live add/remove/edit); returns problems, if any."""
@@ -211,8 +218,10 @@ class Broadcast:
                                  tuple((t.name, t.server_url) for t in self.targets.values())))
             for t in self.targets.values():
                 self.emit(ev.DestState(time.time(), t.name, ev.CONNECTING))
-            tasks = [asyncio.create_task(c) for c in (self._read_progress(), self._read_log(), self._traffic(),
-                                                       self._stopper())]
+            jobs = [self._read_progress(), self._read_log(), self._traffic(), self._stopper()]
+            if self.watch:
+                jobs.append(self._watch())
+            tasks = [asyncio.create_task(c) for c in jobs]
             rc = await self.proc.wait()
             await asyncio.wait(tasks[:2], timeout=2)
             for t in tasks:
@@ -305,15 +314,40 @@ class Broadcast:
                 self._set(t.name, ev.RETRYING, text.split(": ", 1)[-1])
 
     def _srt_tick(self, now_wall: float) -> None:
+        """An SRT slave counts as live once ffmpeg has been writing for a while with no error naming it."""
         now = time.monotonic()
+        if not self._srt_since:
+            self._srt_since = now
         for t in self.targets.values():
-            if t.via_relay:
-                continue
-            last = self._srt_errors.get(t.name, self._t0 if hasattr(self, "_t0") else now)
-            if now - last >= SRT_SETTLE_S:
+            if not t.via_relay and now - self._srt_errors.get(t.name, self._srt_since) >= SRT_SETTLE_S:
                 self._set(t.name, ev.LIVE)
-        if not hasattr(self, "_t0"):
-            self._t0 = now
+
+    async def _watch(self) -> None:
+        """Apply edits of the profile file to the running broadcast (restream add/remove/enable/... elsewhere)."""
+        assert self.watch is not None
+        path, reload = self.watch
+
+        def stamp():
+            try:
+                st = path.stat()
+                return st.st_mtime_ns, st.st_size, st.st_ino
+            except OSError:
+                return None
+
+        last = stamp()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = stamp()
+            if now == last:
+                continue
+            last = now
+            try:
+                targets = reload()
+            except Exception as exc:  # a RestreamError, normally: keep the broadcast as it is
+                self.emit(ev.Log(time.time(), "warning", f"profile change not applied: {self.redact(str(exc))}"))
+                continue
+            for problem in self.apply(targets):
+                self.emit(ev.Log(time.time(), "warning", f"profile change not applied: {problem}"))
 
     async def _traffic(self) -> None:
         while True:

@@ -1,0 +1,79 @@
+"""One broadcast per profile: the broadcast lock, and the small status file other commands read while it runs.
+
+The lock is an OS file lock (filelock: flock on Linux), so the kernel drops it when its holder dies, however it
+dies: a lock left by a killed run never blocks the next one. Beside it, ``run/<profile>.json`` (mode 0600) names
+the holder (PID, start time) and carries its latest per-destination status for ``restream status``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+from restream import paths
+from restream.errors import BusyError, ProfileError
+
+
+def info_path(profile: str) -> Path:
+    return paths.runtime_dir() / f"{profile}.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read(profile: str) -> dict | None:
+    """The running broadcast's info for ``profile``, or None when none runs."""
+    try:
+        data = json.loads(info_path(profile).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not _pid_alive(int(data.get("pid", 0) or 0)):
+        return None
+    return data
+
+
+def write(profile: str, data: dict) -> None:
+    from restream.profile import atomic_write
+
+    atomic_write(info_path(profile), json.dumps(data, ensure_ascii=False))
+
+
+@contextmanager
+def broadcast_lock(profile: str, command: str) -> Iterator[None]:
+    """Hold the profile's broadcast lock for the whole broadcast; BusyError at once if another holds it."""
+    from filelock import FileLock, Timeout
+
+    lock_path = paths.broadcast_lock_path(profile)
+    try:
+        lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProfileError(f"{lock_path.parent}: cannot create: {exc.strerror}") from None
+    lock = FileLock(str(lock_path), mode=0o600)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        other = read(profile) or {}
+        who = f"PID {other.get('pid', '?')}, started {other.get('started', '?')}"
+        raise BusyError(f"profile {profile!r} is already broadcasting ({who}); "
+                        f"stop it first or use another profile (-p)") from None
+    try:
+        write(profile, {"pid": os.getpid(), "command": command,
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "destinations": []})
+        yield
+    finally:
+        try:
+            info_path(profile).unlink()
+        except OSError:
+            pass
+        lock.release()

@@ -1,0 +1,38 @@
+"""Pure: which destinations go live (enabled ones, narrowed by --only / --skip), within the five-at-once limit."""
+
+from __future__ import annotations
+
+from restream.errors import UsageError
+from restream.profile import MAX_LIVE, Destination, Profile
+
+
+def split_names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def _get(p: Profile, name: str) -> Destination:
+    dest = p.find(name)
+    if dest is None:
+        raise UsageError(f"no destination named {name!r} in profile {p.name!r} (see: restream list)")
+    return dest
+
+
+def select(p: Profile, only: str | None = None, skip: str | None = None) -> tuple[Destination, ...]:
+    """``--only a,b`` picks by name (enabled or not); ``--skip c`` drops from the enabled ones."""
+    if only and skip:
+        raise UsageError("--only and --skip cannot be used together")
+    if only:
+        chosen = tuple(_get(p, n) for n in dict.fromkeys(split_names(only)))
+    else:
+        skipped = {_get(p, n).name for n in split_names(skip)}
+        chosen = tuple(d for d in p.enabled() if d.name not in skipped)
+    if not chosen:
+        if not p.destinations:
+            raise UsageError(f"profile {p.name!r} has no destinations: add one first (restream add youtube --key-stdin)")
+        raise UsageError(f"no destination selected: all of profile {p.name!r}'s destinations are disabled or "
+                         "skipped (see: restream list; restream enable NAME)")
+    if len(chosen) > MAX_LIVE:
+        names = ", ".join(d.name for d in chosen)
+        raise UsageError(f"{len(chosen)} destinations selected ({names}); at most {MAX_LIVE} can go live at once: "
+                         "choose with --only a,b,c or --skip x, or disable some (restream disable NAME)")
+    return chosen
