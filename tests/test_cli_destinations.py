@@ -485,6 +485,17 @@ def test_toml_export_import_round_trip(cli, tmp_path):
     assert listed(cli, "-p", "copy") == listed(cli)
 
 
+@pytest.mark.parametrize("content", ['[{"serverUrl": "rtmp://h/s", "streamKey": "abc"}]',
+                                     'version = 1\n[[destinations]]\nname = "restream-1"\n'
+                                     'server_url = "rtmp://h/s"\nstream_key = "abc"\n'], ids=["json", "toml"])
+def test_import_a_file_with_a_byte_order_mark(cli, tmp_path, content):
+    src = tmp_path / "bom.txt"
+    src.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    code, _, err = cli("import", str(src))
+    assert code == 0, err
+    assert listed(cli)["restream-1"]["stream_key"] == "abc"
+
+
 def test_import_refuses_duplicates_and_replace_replaces(cli, tmp_path, profile_path):
     add_canary(cli)
     src = tmp_path / "r.json"

@@ -37,6 +37,7 @@ def _safe_name(raw: object, index: int) -> str:
 
 def parse_import(text: str, where: str) -> tuple[prof.Destination, ...]:
     """Parse a TOML profile or an api.video restreams document (object or bare list)."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as Windows editors save UTF-8
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")) and not stripped.startswith("[["):
         try:
