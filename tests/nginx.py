@@ -62,6 +62,8 @@ def require_nginx(tls: bool = True) -> None:
     if not nginx_available(tls):
         import pytest
 
+        if os.environ.get("RESTREAM_REQUIRE_INTEROP"):  # CI installs nginx: a missing one there is a failure
+            pytest.fail("RESTREAM_REQUIRE_INTEROP is set but " + INSTALL_HINT)
         pytest.skip(INSTALL_HINT)
 
 
