@@ -174,6 +174,19 @@ def test_bad_key_env_name(cli):
     assert "invalid environment variable name" in err
 
 
+def test_a_key_given_to_key_env_by_mistake_is_not_echoed(cli, profile_path):
+    code, _, err = cli("add", "youtube", "--key-env", CANARY_KEY)  # the cli fixture checks for the canary
+    assert code == 2
+    assert "not the key itself" in err
+    path = profile_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(f'version = 1\n[[destinations]]\nname = "yt"\nserver_url = "{YT}"\n'
+                    f'stream_key_env = "{CANARY_KEY.replace(chr(92), chr(92) * 2)}"\n', encoding="utf-8")
+    code, _, err = cli("list")
+    assert code == 3
+    assert "destination #1 ('yt'): invalid environment variable name" in err
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pty")
 @pytest.mark.timeout(30)
 def test_add_prompts_for_the_key_without_echo_on_a_terminal(profile_path):

@@ -148,7 +148,9 @@ def validate_key(key: str) -> str:
 
 def validate_env_name(var: str) -> str:
     if not isinstance(var, str) or not _ENV_RE.fullmatch(var):
-        raise UsageError(f"invalid environment variable name {var!r}")
+        # not echoed: a stream key given to --key-env by mistake would be printed
+        raise UsageError("invalid environment variable name: --key-env/stream_key_env takes the variable's name "
+                         "(letters, digits and '_', not starting with a digit), not the key itself")
     return var
 
 
