@@ -604,8 +604,8 @@ class LiveView:
             from rich.text import Text
 
             line = Text.assemble((f"[{clock(snap.elapsed_s)}] ", "dim"), (text, style))
-            line.no_wrap, line.overflow = True, "ellipsis"
-            self.console.print(line, crop=True)
+            line.truncate(self.console.width, overflow="ellipsis")
+            self.console.print(line, no_wrap=True, crop=True)
         else:
             self._err.write(f"{iso(snap.now)} {text}\n")
             self._err.flush()
