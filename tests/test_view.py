@@ -10,6 +10,9 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
+import threading
 
 import pytest
 from rich.console import Console
@@ -324,6 +327,7 @@ def test_live_close_leaves_a_summary_and_problems_go_to_err():
         assert name in tail
     assert "stopped" in tail and "retrying" in tail and "reconnects" in tail and "00:00:32" in tail
     assert "duration reached, exit 0" in tail
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]  # Live stopped
     problems = err.getvalue().splitlines()
     assert problems == [
         f"2027-01-15T08:00:01Z facebook: retrying (Connection refused {MARK})",
@@ -382,3 +386,11 @@ def test_tee_fans_out():
     a, b = io.StringIO(), io.StringIO()
     drive(view.Tee(view.PlainView(a), view.JsonView(b)), transcript()[:6])
     assert " start: " in a.getvalue() and '"event":"start"' in b.getvalue()
+
+
+def test_plain_and_json_paths_do_not_import_rich():
+    code = ("import sys, io; from restream import view, status; "
+            "view.make_view('json', stream=io.StringIO()); view.make_view('plain', stream=io.StringIO()); "
+            "print('rich' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
