@@ -104,7 +104,8 @@ def test_plain_file_input_shows_position_and_length():
     for e in (ev.Started(T0, "p", "clip.mp4", "ff", 1, ()), ev.Progress(T0 + 5, out_time_s=4.5, fps=25.0)):
         s = status.reduce(s, e)
         v.update(s, e)
-    assert buf.getvalue().splitlines()[-1].endswith("progress: 00:00:04/00:01:30 stream, 25.0 fps, - kbit/s, -x, 0/0 live")
+    last = buf.getvalue().splitlines()[-1]
+    assert last.endswith("progress: 00:00:04/00:01:30 stream, 25.0 fps, - kbit/s, -x, 0/0 live")
 
 
 def test_plain_throttles_repeats_and_counts_them():
@@ -178,7 +179,8 @@ def test_json_every_line_parses_with_the_required_keys():
     assert (p["time_s"], p["fps"], p["speed"], p["frames"], p["dropped"], p["bitrate_kbps"]) == (
         9.0, 30.0, 1.0, 270, 0, 4800.0)
     logs = [o for o in objs if o["event"] == "log"]
-    assert [(o["level"], o["message"][:12]) for o in logs] == [("warning", "[flv @ 0x55d"), ("restream", "relay slot 2")]
+    assert [(o["level"], o["message"][:12]) for o in logs] == [("warning", "[flv @ 0x55d"),
+                                                               ("restream", "relay slot 2")]
     end = objs[-1]
     assert end["exit_code"] == 0 and end["duration_s"] == 37.0 and end["reason"] == "duration reached"
     assert {n: (d["state"], d["reconnects"], d["uptime_s"]) for n, d in end["destinations"].items()} == {
@@ -219,7 +221,8 @@ def _given(evs) -> set[str]:
 
 def test_json_prints_only_what_the_events_and_snapshot_hold():
     evs = transcript()
-    evs.insert(8, ev.DestState(T0 + 3, "kick", ev.ADDED, url="rtmps://fa723fc1b171.global-contribute.live-video.net/app"))
+    kick_url = "rtmps://fa723fc1b171.global-contribute.live-video.net/app"
+    evs.insert(8, ev.DestState(T0 + 3, "kick", ev.ADDED, url=kick_url))
     evs.insert(9, ev.DestState(T0 + 3, "local-recorder", ev.REMOVED))
     objs = json_lines(evs, status_interval=10)
     allowed = _given(evs) | set(ev.STATES) | set(REQUIRED) | {"removed"}
