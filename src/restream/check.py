@@ -1,0 +1,207 @@
+"""Can this machine reach its destinations? DNS, TCP, TLS (rtmps) and an RTMP handshake, timed, all in parallel.
+
+Never publishes: the RTMP step sends only the handshake's C0+C1, reads S0+S1 and closes; no ``connect``, no
+``publish``, no stream key is ever sent or even read. SRT runs over UDP, which cannot be probed without speaking
+SRT: SRT destinations get a DNS lookup only, and the result says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
+
+DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443}
+RTMP_HANDSHAKE_SIZE = 1536
+RTMP_STEP_LIMIT = 3.0  # the optional handshake step never takes longer than this
+
+
+@dataclass
+class Step:
+    name: str  # dns | tcp | tls | rtmp
+    ok: bool | None = None  # None: not run (an earlier step failed, or not applicable)
+    ms: float | None = None
+    detail: str = ""
+    required: bool = True
+
+
+@dataclass
+class Result:
+    name: str
+    scheme: str
+    host: str
+    port: int | None
+    steps: list[Step] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def reachable(self) -> bool:
+        """Every required step that applies succeeded (TCP, plus TLS for rtmps; DNS only for SRT)."""
+        return bool(self.steps) and all(s.ok for s in self.steps if s.required)
+
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "scheme": self.scheme, "host": self.host, "port": self.port,
+                "reachable": self.reachable, "note": self.note, "steps": [asdict(s) for s in self.steps]}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What to check for one destination (no key: the check never needs one)."""
+
+    name: str
+    server_url: str
+    ca_file: str | None = None
+
+
+def _endpoint(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, parts.hostname or "", port or DEFAULT_PORTS.get(scheme)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve: {exc.strerror or exc}"
+    if isinstance(exc, (asyncio.IncompleteReadError, EOFError)):
+        return "connection closed by the server"
+    if isinstance(exc, OSError):
+        return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or type(exc).__name__)
+    return str(exc) or type(exc).__name__
+
+
+async def _resolve(host: str, port: int | None, kind: int) -> list[tuple]:
+    """getaddrinfo in a daemon thread: a hung resolver must not keep the process alive past the timeout."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future = loop.create_future()
+
+    def deliver(exc: BaseException | None, res: list | None) -> None:
+        if not fut.done():
+            fut.set_exception(exc) if exc is not None else fut.set_result(res)
+
+    def work() -> None:
+        try:
+            res, exc = socket.getaddrinfo(host, port, type=kind), None
+        except Exception as error:  # delivered to the awaiting coroutine
+            res, exc = None, error
+        try:
+            loop.call_soon_threadsafe(deliver, exc, res)
+        except RuntimeError:  # the check is over and its loop closed
+            pass
+
+    threading.Thread(target=work, name=f"resolve {host}", daemon=True).start()
+    return await fut
+
+
+async def _timed(step: Step, coro, deadline: float, limit: float | None = None):
+    """Run one step with what is left of the overall time (at most ``limit``); fill in ok, ms and detail."""
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    left = deadline - loop.time()
+    if limit is not None:
+        left = min(left, limit)
+    try:
+        if left <= 0:
+            raise asyncio.TimeoutError
+        value = await asyncio.wait_for(coro, left)
+    except asyncio.TimeoutError:
+        step.ok, step.detail = False, "timed out"
+        return None
+    except Exception as exc:
+        step.ok, step.detail = False, _describe(exc)
+        return None
+    finally:
+        step.ms = round((time.perf_counter() - start) * 1000, 1)
+        if asyncio.iscoroutine(coro):
+            coro.close()
+    step.ok = True
+    return value if value is not None else True
+
+
+async def probe_one(p: Probe, deadline: float) -> Result:
+    scheme, host, port = _endpoint(p.server_url)
+    res = Result(p.name, scheme, host, port)
+    srt = scheme == "srt"
+    dns = Step("dns")
+    res.steps.append(dns)
+    addrs = await _timed(dns, _resolve(host, port, socket.SOCK_DGRAM if srt else socket.SOCK_STREAM), deadline)
+    if addrs:
+        dns.detail = ", ".join(dict.fromkeys(a[4][0] for a in addrs))
+    if srt:
+        res.note = "SRT runs over UDP: only DNS was checked, not whether the server answers"
+        return res
+    tcp = Step("tcp")
+    tls = Step("tls") if scheme == "rtmps" else None
+    rtmp = Step("rtmp", required=False)
+    res.steps += [s for s in (tcp, tls, rtmp) if s is not None]
+    if not addrs:
+        return res
+
+    async def connect():
+        last: BaseException | None = None
+        for *_, sockaddr in addrs:  # every address in resolver order, like a real client
+            try:
+                conn = await asyncio.open_connection(sockaddr[0], port)
+                tcp.detail = f"{sockaddr[0]}:{port}"
+                return conn
+            except OSError as exc:
+                last = exc
+        raise last or OSError("no address")
+
+    conn = await _timed(tcp, connect(), deadline)
+    if not conn:
+        return res
+    reader, writer = conn
+    try:
+        if tls is not None:
+            async def handshake():
+                ctx = ssl.create_default_context(cafile=p.ca_file or None)
+                await writer.start_tls(ctx, server_hostname=host)
+                obj = writer.get_extra_info("ssl_object")
+                return obj.version() if obj else "ok"
+
+            version = await _timed(tls, handshake(), deadline)
+            if not version:
+                return res
+            tls.detail = str(version) + (f" (CA {p.ca_file})" if p.ca_file else " (system CAs)")
+
+        async def rtmp_handshake():
+            # C0 (version 3) + C1 (time, zero, random); read S0+S1; never connect/publish.
+            writer.write(b"\x03" + bytes(8) + os.urandom(RTMP_HANDSHAKE_SIZE - 8))
+            await writer.drain()
+            data = await reader.readexactly(1 + RTMP_HANDSHAKE_SIZE)
+            if data[0] != 3:
+                raise ValueError(f"not an RTMP server (S0 version {data[0]})")
+            return "S0+S1 received"
+
+        answer = await _timed(rtmp, rtmp_handshake(), deadline, RTMP_STEP_LIMIT)
+        if answer:
+            rtmp.detail = answer
+    finally:
+        writer.transport.abort()
+    return res
+
+
+async def probe_all(probes: list[Probe], timeout: float) -> list[Result]:
+    """Check every destination in parallel; the whole check ends within ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    return list(await asyncio.gather(*(probe_one(p, deadline) for p in probes)))
+
+
+def run(probes: list[Probe], timeout: float) -> list[Result]:
+    return asyncio.run(probe_all(probes, timeout))
