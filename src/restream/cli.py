@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import json
 import sys
 from pathlib import Path
@@ -228,6 +229,7 @@ def show_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: Js
         return
     preset = platforms.get(d.platform)
     row["key"] = row.pop("stream_key") or "-"
+    row["enabled"] = "yes" if d.enabled else "no"
     row["platform"] = preset.title if preset else (d.platform or "-")
     width = max(map(len, row))
     for k, v in row.items():
@@ -296,7 +298,7 @@ def disable_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
 
 
 @command("platforms", epilog="Example:\n\n  restream platforms")
-def platforms_cmd(as_json: JsonOpt = False) -> None:
+def platforms_cmd(as_json: JsonOpt = False, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
     """List the platform presets and their limits."""
     rows = [{"name": p.name, "title": p.title, "url": p.default_url or "(per account: --url)",
              "max_video_kbps": p.max_video_kbps, "keyframe_s": p.keyframe_s, "audio_rate": p.audio_rate,
@@ -312,7 +314,7 @@ def platforms_cmd(as_json: JsonOpt = False) -> None:
 
 
 @command("profiles", epilog="Example:\n\n  restream profiles")
-def profiles_cmd(as_json: JsonOpt = False) -> None:
+def profiles_cmd(as_json: JsonOpt = False, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
     """List the profiles in the config directory."""
     names = prof.list_profiles()
     if as_json:
@@ -362,6 +364,187 @@ def import_cmd(
     result = prof.update(_profile_name(profile), lambda p: interchange.merge(p, incoming, replace_all))
     typer.echo(f"imported {len(incoming)} destination(s); profile {result.name!r} now has "
                f"{len(result.destinations)}")
+
+
+# -- broadcasting -------------------------------------------------------------------------------------------------
+
+def _targets(dests) -> list:
+    from restream.run import Target
+
+    return [Target(d.name, d.server_url, prof.resolve_key(d), d.ca_file) for d in dests]
+
+
+def _output_mode(plain: bool, as_json: bool) -> str:
+    if plain and as_json:
+        raise UsageError("--plain and --json cannot be used together")
+    if as_json:
+        return "json"
+    if plain or not sys.stdout.isatty():
+        return "plain"
+    return "live"
+
+
+def _bitrate_warnings(dests, video_k: int, copy: bool) -> None:
+    if copy:
+        return
+    for d in dests:
+        preset = platforms.get(d.platform)
+        if preset and preset.max_video_kbps and video_k > preset.max_video_kbps:
+            warn(f"{d.name}: {preset.title} accepts at most {preset.max_video_kbps} kbit/s of video; "
+                 f"--video-bitrate is {video_k}k")
+
+
+def _describe_input(inp) -> str:
+    if inp.kind == "test":
+        return "test pattern"
+    return f"{inp.target}{' (looped)' if inp.loop else ''}"
+
+
+def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
+               quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
+               only=None, skip=None, extra_checks=None) -> int:
+    """The shared path of `go` (and the demo): check everything, then run one broadcast and show it."""
+    import asyncio
+    from dataclasses import asdict, replace
+
+    from restream import discover, events, plan, runtime, status
+    from restream import run as runner
+    from restream import view
+    from restream.redact import Redactor
+
+    targets = _targets(dests)
+    schemes = {urlsplit_scheme(t.server_url) for t in targets}
+    ff = discover.require(ffmpeg_opt, protocols=("srt",) if "srt" in schemes else (),
+                          encoders=() if enc.copy else ("libx264", "aac"))
+    input_duration = None
+    if inp.kind == "file":
+        info = discover.probe_input(ff.path, inp.target)
+        inp = replace(inp, has_audio=info.has_audio, fps=info.fps)
+        input_duration = None if inp.loop else info.duration
+        if enc.copy and (info.video_codec not in (None, "h264") or info.audio_codec not in (None, "aac")):
+            warn(f"--copy sends {info.video_codec}/{info.audio_codec} as is; platforms expect h264/aac")
+    if inp.kind == "device" and not Path(inp.target[len("v4l2:"):]).exists():
+        raise UsageError(f"capture device not found: {inp.target[len('v4l2:'):]}")
+    if record:
+        plan.record_slave(record)  # validates the file type now
+    font = plan.find_font() if inp.kind == "test" else None
+    secrets = [t.key for t in targets if t.key]
+    if dry_run:
+        slaves, slot_of, _ = runner.layout(targets, lambda i: f"rtmp://127.0.0.1:<slot-{i}-port>/slot/slot-{i}",
+                                           record)
+        p = plan.build(ff.path, inp, enc, slaves, duration, font=font)
+        mask = (lambda s: s) if show_keys else Redactor(secrets)
+        typer.echo(f"# ffmpeg {ff.version}; {len(targets)} destination(s); keys {'shown' if show_keys else 'masked'}")
+        for t in targets:
+            where = f"slot-{slot_of[t.name]} via restream's relay" if t.name in slot_of else "direct (SRT)"
+            key = t.key if show_keys else prof.mask_key(t.key)
+            typer.echo(f"# {t.name}: {t.server_url} key {key or '-'} ({where})")
+        typer.echo(mask(p.shell()))
+        return EXIT_OK
+
+    redact = Redactor(secrets)
+    snap = status.initial(profile=profile_name, input=redact(_describe_input(inp)),
+                          ffmpeg=f"{ff.path} ({ff.version})", input_duration=input_duration)
+    sinks = [view.make_view(mode, quiet=quiet, status_interval=status_interval)]
+    if log_file:
+        sinks.append(view.LogFile(log_file, status_interval=status_interval))
+    session = None
+    published = [0.0]
+
+    def on_event(e) -> None:
+        nonlocal snap
+        snap = status.reduce(snap, e)
+        for sink in sinks:
+            sink.update(snap, e)
+        if session and (isinstance(e, (events.DestState, events.Started, events.Ended))
+                        or snap.now - published[0] >= 1.0):
+            published[0] = snap.now
+            session.publish(asdict(snap))
+
+    watch = None
+    if live_changes:
+        def reload():
+            fresh = prof.load(profile_name)
+            from restream.selection import select
+
+            return _targets(select(fresh, only, skip))
+
+        watch = (paths.profile_path(profile_name), reload)
+
+    with runtime.broadcast_lock(profile_name, command_name) as session:
+        b = runner.Broadcast(ff.path, inp, enc, targets, on_event, profile=profile_name,
+                             ffmpeg_label=f"{ff.path} ({ff.version})", record=record, duration=duration, font=font,
+                             input_label=redact(_describe_input(inp)), watch=watch)
+        try:
+            code = asyncio.run(b.run())
+        finally:
+            for sink in sinks:
+                sink.close(snap)
+    if extra_checks:
+        code = extra_checks(code)
+    return code
+
+
+def urlsplit_scheme(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).scheme.lower()
+
+
+@command("go", epilog="Examples:\n\n"
+         "  restream go show.mp4 --loop                 (every enabled destination)\n\n"
+         "  restream go --test-pattern --duration 60s   (try your destinations)\n\n"
+         "  restream go rtmp://127.0.0.1/live/cam --copy --only youtube,twitch\n\n"
+         "  ffmpeg -i in.mkv -f mpegts - | restream go -\n\n"
+         "  restream go v4l2:/dev/video0 --audio pulse:default --record local.mkv\n\n"
+         "  restream go show.mp4 --dry-run              (print the ffmpeg command, keys masked)")
+def go_cmd(
+    input: Annotated[Optional[str], typer.Argument(
+        help="Media file, URL (rtmp/rtmps/srt/http(s)/HLS), v4l2:/dev/videoN, or '-' for stdin.")] = None,
+    test_pattern: Annotated[bool, typer.Option("--test-pattern", help="Send a test card with a clock and a tone.")] = False,
+    loop: Annotated[bool, typer.Option("--loop", help="Repeat a media file forever.")] = False,
+    audio: Annotated[Optional[str], typer.Option("--audio", help="Capture audio for a device: alsa:DEV or pulse:DEV.")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", metavar="A,B", help="Only these destinations.")] = None,
+    skip: Annotated[Optional[str], typer.Option("--skip", metavar="A,B", help="All enabled but these.")] = None,
+    record: Annotated[Optional[str], typer.Option("--record", metavar="FILE", help="Also record locally (.mkv .mp4 .flv .ts).")] = None,
+    duration: Annotated[Optional[str], typer.Option("--duration", metavar="90s|30m|2h", help="Stop cleanly after this long.")] = None,
+    video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="Video bitrate (CBR).")] = "4500k",
+    audio_bitrate: Annotated[str, typer.Option("--audio-bitrate", help="AAC bitrate.")] = "160k",
+    size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Scale to this size.")] = None,
+    fps: Annotated[Optional[str], typer.Option("--fps", help="Convert to this frame rate.")] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="Send the input's streams as they are (no encode).")] = False,
+    ffmpeg: Annotated[Optional[str], typer.Option("--ffmpeg", metavar="PATH", help="ffmpeg to use (env RESTREAM_FFMPEG).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the ffmpeg command (keys masked) and exit.")] = False,
+    show_keys: ShowKeys = False,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain log lines instead of the live view.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")] = False,
+    status_interval: Annotated[float, typer.Option("--status-interval", metavar="SECONDS", help="Seconds between progress lines.")] = 10.0,
+    log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append the redacted ffmpeg log and state changes here.")] = None,
+    profile: ProfileOpt = paths.DEFAULT_PROFILE,
+) -> None:
+    """Go live: encode once, send to every enabled destination (at most five)."""
+    from restream import plan
+    from restream.selection import select
+
+    inp = plan.parse_input(input, test_pattern, loop, audio)
+    enc = plan.Encoding(
+        copy=copy, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
+        audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"),
+        size=plan.parse_size(size) if size else None, fps=plan.parse_fps(fps) if fps else None)
+    if copy and (size or fps):
+        raise UsageError("--size and --fps need an encode: they cannot be used with --copy")
+    seconds = plan.parse_duration(duration) if duration else None
+    if not 0.1 <= status_interval <= 3600:
+        raise UsageError("--status-interval must be between 0.1 and 3600 seconds")
+    mode = _output_mode(plain, as_json)
+    p = _load_existing(profile)
+    dests = select(p, only, skip)
+    _bitrate_warnings(dests, enc.video_bitrate_k, copy)
+    code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
+                      duration=seconds, dry_run=dry_run, show_keys=show_keys, mode=mode, quiet=quiet,
+                      status_interval=status_interval, log_file=log_file, command_name="go", only=only, skip=skip)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -129,6 +129,13 @@ _LEVEL = re.compile(r"^(?:\[(?P<ctx>[^\]]+@ 0x[0-9a-f]+)\] )?\[(?P<level>panic|f
 _SLAVE_FAILED = re.compile(r"Slave muxer #(\d+) failed: (.*?)(?:, continuing with .*)?$")
 
 
+# Warnings ffmpeg prints in every healthy broadcast: kept in the log file, not shown as problems.
+BENIGN = (
+    "Failed to update header with correct",  # FLV to a network output cannot seek back at the end
+    "Resumed reading at pts",  # -re catching up after encoder start-up
+)
+
+
 def parse_log_line(line: str, ts: float) -> Log:
     """Split ffmpeg's ``-loglevel level+…`` prefix off a line."""
     line = line.rstrip("\r\n")
@@ -138,7 +145,10 @@ def parse_log_line(line: str, ts: float) -> Log:
     text = line[m.end():]
     if m.group("ctx"):
         text = f"[{m.group('ctx').split(' @ ')[0]}] {text}"
-    return Log(ts, m.group("level"), text)
+    level = m.group("level")
+    if level == "warning" and any(b in text for b in BENIGN):
+        level = "info"  # expected in every healthy broadcast: logged, not shown as a problem
+    return Log(ts, level, text)
 
 
 def slave_failure(text: str) -> tuple[int, str] | None:

@@ -49,8 +49,22 @@ def write(profile: str, data: dict) -> None:
     atomic_write(info_path(profile), json.dumps(data, ensure_ascii=False))
 
 
+class Session:
+    """The running broadcast's entry in the runtime directory."""
+
+    def __init__(self, profile: str, command: str) -> None:
+        self.profile = profile
+        self.base = {"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def publish(self, snapshot: dict | None = None) -> None:
+        try:
+            write(self.profile, {**self.base, "snapshot": snapshot})
+        except OSError:
+            pass  # status for other terminals is a convenience; never stop a broadcast for it
+
+
 @contextmanager
-def broadcast_lock(profile: str, command: str) -> Iterator[None]:
+def broadcast_lock(profile: str, command: str) -> Iterator[Session]:
     """Hold the profile's broadcast lock for the whole broadcast; BusyError at once if another holds it."""
     from filelock import FileLock, Timeout
 
@@ -68,9 +82,9 @@ def broadcast_lock(profile: str, command: str) -> Iterator[None]:
         raise BusyError(f"profile {profile!r} is already broadcasting ({who}); "
                         f"stop it first or use another profile (-p)") from None
     try:
-        write(profile, {"pid": os.getpid(), "command": command,
-                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "destinations": []})
-        yield
+        session = Session(profile, command)
+        session.publish()
+        yield session
     finally:
         try:
             info_path(profile).unlink()
