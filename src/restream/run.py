@@ -135,7 +135,9 @@ class Broadcast:
         current = self.state.get(name)
         if e.kind == "connecting":
             # a new session after a live one is a reconnection
-            self._set(name, ev.RETRYING if current in (ev.RETRYING, ev.LIVE) else ev.CONNECTING)
+            if current == ev.RETRYING:
+                return  # another attempt: still retrying, with the same last error
+            self._set(name, ev.RETRYING if current == ev.LIVE else ev.CONNECTING)
         elif e.kind == "live":
             self._set(name, ev.LIVE)
         elif e.kind == "disconnected" and e.error and not self._stop.is_set():
