@@ -42,6 +42,7 @@ class RelayThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.events: list[SlotEvent] = []
+        self.servers: list[asyncio.AbstractServer] = []
         self.kwargs = kwargs
         self.slots = slots
         self.relay: SlotRelay
@@ -53,11 +54,28 @@ class RelayThread:
         return self
 
     def __exit__(self, *exc) -> None:
+        async def shut_down():
+            await self.relay.close()
+            for server in self.servers:
+                server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
         try:
-            self.run(self.relay.close(), timeout=10)
+            self.run(shut_down(), timeout=15)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+    def serve(self, coro) -> asyncio.AbstractServer:
+        """Start a helper server on the relay's loop; it is closed with the relay."""
+        server = self.run(coro)
+        self.servers.append(server)
+        return server
 
     def run(self, coro, timeout: float = 10):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -116,16 +134,17 @@ def no_key_in_events(relay: RelayThread, *keys: str) -> None:
 class FakeServer:
     """A minimal RTMP server on loopback: answers connect/createStream/publish, records every client message."""
 
-    def __init__(self) -> None:
+    def __init__(self, reject: bool = False) -> None:
+        self.reject = reject  # answer publish with an error status naming the key, then hang up
         self.messages: list[rtmp.Message] = []
         self.raw_sessions = 0
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self) -> "FakeServer":
+    async def start(self) -> asyncio.AbstractServer:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", free_port())
         self.port = self.server.sockets[0].getsockname()[1]
-        return self
+        return self.server
 
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.raw_sessions += 1
@@ -149,6 +168,14 @@ class FakeServer:
                              {"level": "status", "code": "NetConnection.Connect.Success"}])))
                     elif name == "createStream":
                         w.write(out.write(rtmp.command_message(["_result", values[1], None, 1.0])))
+                    elif name == "publish" and self.reject:
+                        w.write(out.write(rtmp.command_message(
+                            ["onStatus", 0.0, None, {"level": "error", "code": "NetStream.Publish.BadName",
+                                                     "description": f"{values[3]} is not a valid key"}],
+                            csid=5, stream_id=1)))
+                        await w.drain()
+                        await asyncio.sleep(0.2)
+                        return
                     elif name == "publish":
                         w.write(out.write(rtmp.command_message(
                             ["onStatus", 0.0, None, {"level": "status", "code": "NetStream.Publish.Start",
@@ -167,10 +194,6 @@ class FakeServer:
             if name:
                 out.setdefault(name, []).append(rtmp.command_values(m))
         return out
-
-    async def close(self) -> None:
-        if self.server:
-            self.server.close()
 
 
 async def tls_front(target_port: int) -> asyncio.AbstractServer:
@@ -251,31 +274,29 @@ def test_publish_through_relay_reaches_receiver_with_exact_key(relay, receivers)
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("key", [LONG_KEY, SPECIAL_KEY, CANARY_KEY], ids=["300chars", "special", "canary"])
 def test_forwarded_commands_carry_destination_app_tcurl_and_exact_key(relay, key):
-    server = relay.run(FakeServer().start())
+    server = FakeServer()
+    relay.serve(server.start())
+    url = f"rtmp://127.0.0.1:{server.port}/live?x=1"
+    relay.assign(0, Upstream("fake", url, key))
+    pub = publish(relay.relay.slave_url(0), seconds=2)
     try:
-        url = f"rtmp://127.0.0.1:{server.port}/live?x=1"
-        relay.assign(0, Upstream("fake", url, key))
-        pub = publish(relay.relay.slave_url(0), seconds=2)
-        try:
-            pub.wait(30)
-        finally:
-            stop(pub)
-        relay.wait_event("disconnected")
-        cmds = server.commands()
-        (connect,) = cmds["connect"]
-        assert connect[2]["app"] == "live?x=1"
-        assert connect[2]["tcUrl"] == url
-        assert connect[2]["type"] == "nonprivate" and "flashVer" in connect[2]  # other fields kept
-        for name in ("releaseStream", "FCPublish", "publish", "FCUnpublish"):
-            assert [v[3] for v in cmds[name]] == [key], name
-        types = {m.type_id for m in server.messages}
-        assert {rtmp.AUDIO, rtmp.VIDEO, rtmp.SET_CHUNK_SIZE} <= types and rtmp.ABORT not in types
-        everything = b"".join(m.payload for m in server.messages)
-        assert b"slot-0" not in everything and b"/slot" not in everything
-        assert relay.kinds(0) == ["connecting", "live", "disconnected"]
-        no_key_in_events(relay, key)
+        pub.wait(30)
     finally:
-        relay.run(server.close())
+        stop(pub)
+    relay.wait_event("disconnected")
+    cmds = server.commands()
+    (connect,) = cmds["connect"]
+    assert connect[2]["app"] == "live?x=1"
+    assert connect[2]["tcUrl"] == url
+    assert connect[2]["type"] == "nonprivate" and "flashVer" in connect[2]  # other fields kept
+    for name in ("releaseStream", "FCPublish", "publish", "FCUnpublish"):
+        assert [v[3] for v in cmds[name]] == [key], name
+    types = {m.type_id for m in server.messages}
+    assert {rtmp.AUDIO, rtmp.VIDEO, rtmp.SET_CHUNK_SIZE} <= types and rtmp.ABORT not in types
+    everything = b"".join(m.payload for m in server.messages)
+    assert b"slot-0" not in everything and b"/slot" not in everything
+    assert relay.kinds(0) == ["connecting", "live", "disconnected"]
+    no_key_in_events(relay, key)
 
 
 @pytest.mark.timeout(30)
@@ -293,21 +314,19 @@ def test_unassigned_slot_refuses(relay):
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", ["slot/slot-1", "other/slot-0"])
 def test_wrong_placeholder_or_app_refused(relay, path):
-    server = relay.run(FakeServer().start())
+    server = FakeServer()
+    relay.serve(server.start())
+    relay.assign(0, Upstream("fake", f"rtmp://127.0.0.1:{server.port}/live", "the-key"))
+    pub = publish(f"rtmp://127.0.0.1:{relay.relay.ports[0]}/{path}", seconds=2)
     try:
-        relay.assign(0, Upstream("fake", f"rtmp://127.0.0.1:{server.port}/live", "the-key"))
-        pub = publish(f"rtmp://127.0.0.1:{relay.relay.ports[0]}/{path}", seconds=2)
-        try:
-            assert pub.wait(20) != 0
-        finally:
-            stop(pub)
-        e = relay.wait_event("refused")
-        assert e.name == "fake" and ("wrong placeholder" in e.error or "unexpected app" in e.error)
-        assert relay.kinds(0) == ["connecting", "refused"]
-        assert "publish" not in server.commands()
-        assert not any(m.type_id in (rtmp.AUDIO, rtmp.VIDEO) for m in server.messages)
+        assert pub.wait(20) != 0
     finally:
-        relay.run(server.close())
+        stop(pub)
+    e = relay.wait_event("refused")
+    assert e.name == "fake" and ("wrong placeholder" in e.error or "unexpected app" in e.error)
+    assert relay.kinds(0) == ["connecting", "refused"]
+    assert "publish" not in server.commands()
+    assert not any(m.type_id in (rtmp.AUDIO, rtmp.VIDEO) for m in server.messages)
 
 
 @pytest.mark.timeout(30)
@@ -381,54 +400,67 @@ def test_rtmps_upstream_verified_with_ca_file(relay, receivers, monkeypatch):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     key = "tls key with spaces & ?x=1"
     rx = receivers("tlskey")  # ffmpeg's listener: the key it expects must survive its own URL parsing
-    front = relay.run(tls_front(rx.port))
+    front = relay.serve(tls_front(rx.port))
+    port = front.sockets[0].getsockname()[1]
+    relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", "tlskey", ca_file=str(CERT)))
+    pub = publish(relay.relay.slave_url(0), seconds=3)
     try:
-        port = front.sockets[0].getsockname()[1]
-        relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", "tlskey", ca_file=str(CERT)))
-        pub = publish(relay.relay.slave_url(0), seconds=3)
-        try:
-            assert pub.wait(30) == 0, pub.stderr.read().decode(errors="replace")[-2000:]
-        finally:
-            stop(pub)
-        assert rx.proc.wait(10) == 0
-        media = probe(rx.out)
-        assert media.decodes and media.duration > 2.0, media.errors
-        assert rx.stream_names() == []
-        assert relay.kinds(0) == ["connecting", "live", "disconnected"]
-
-        # the same front without the CA: verification fails, the key is not in the error
-        n = len(relay.events)
-        relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", key))
-        pub = publish(relay.relay.slave_url(0), seconds=2)
-        try:
-            assert pub.wait(20) != 0
-        finally:
-            stop(pub)
-        e = relay.wait_event("disconnected", after=n)
-        assert "certificate verify failed" in e.error.lower()
-        assert key not in e.error and "\n" not in e.error
-        assert relay.kinds(0)[n:] == ["connecting", "disconnected"] or relay.kinds(0)[-2:] == [
-            "connecting", "disconnected"]
+        assert pub.wait(30) == 0, pub.stderr.read().decode(errors="replace")[-2000:]
     finally:
-        front.close()
+        stop(pub)
+    assert rx.proc.wait(10) == 0
+    media = probe(rx.out)
+    assert media.decodes and media.duration > 2.0, media.errors
+    assert rx.stream_names() == []
+    assert relay.kinds(0) == ["connecting", "live", "disconnected"]
+
+    # the same front without the CA: verification fails, the key is not in the error
+    n = len(relay.events)
+    relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", key))
+    pub = publish(relay.relay.slave_url(0), seconds=2)
+    try:
+        assert pub.wait(20) != 0
+    finally:
+        stop(pub)
+    e = relay.wait_event("disconnected", after=n)
+    assert "certificate verify failed" in e.error.lower()
+    assert key not in e.error and "\n" not in e.error
+    assert relay.kinds(0)[n:] == ["connecting", "disconnected"] or relay.kinds(0)[-2:] == [
+        "connecting", "disconnected"]
 
 
 @pytest.mark.timeout(30)
 def test_rtmps_honours_ssl_cert_file(relay, monkeypatch):
     monkeypatch.setenv("SSL_CERT_FILE", str(CERT))
-    server = relay.run(FakeServer().start())
-    front = relay.run(tls_front(server.port))
+    server = FakeServer()
+    relay.serve(server.start())
+    front = relay.serve(tls_front(server.port))
+    port = front.sockets[0].getsockname()[1]
+    relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", "k"))
+    pub = publish(relay.relay.slave_url(0), seconds=1)
     try:
-        port = front.sockets[0].getsockname()[1]
-        relay.assign(0, Upstream("tls", f"rtmps://localhost:{port}/live", "k"))
-        pub = publish(relay.relay.slave_url(0), seconds=1)
-        try:
-            pub.wait(20)
-        finally:
-            stop(pub)
-        relay.wait_event("disconnected")
-        assert "live" in relay.kinds(0)
-        assert [v[3] for v in server.commands()["publish"]] == ["k"]
+        pub.wait(20)
     finally:
-        front.close()
-        relay.run(server.close())
+        stop(pub)
+    relay.wait_event("disconnected")
+    assert "live" in relay.kinds(0)
+    assert [v[3] for v in server.commands()["publish"]] == ["k"]
+
+
+@pytest.mark.timeout(30)
+def test_destination_rejects_publish_error_is_redacted(relay):
+    key = "bad key & more"
+    server = FakeServer(reject=True)
+    relay.serve(server.start())
+    relay.assign(0, Upstream("picky", f"rtmp://127.0.0.1:{server.port}/live", key))
+    pub = publish(relay.relay.slave_url(0), seconds=3)
+    t0 = time.monotonic()
+    try:
+        assert pub.wait(20) != 0  # the relay closed ffmpeg's side when the destination hung up
+    finally:
+        stop(pub)
+    assert time.monotonic() - t0 < 5
+    e = relay.wait_event("disconnected")
+    assert e.error == "destination refused: NetStream.Publish.BadName: •••• is not a valid key"
+    assert relay.kinds(0) == ["connecting", "disconnected"]
+    assert not relay.relay.stats()[0].live

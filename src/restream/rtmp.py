@@ -371,6 +371,21 @@ class ChunkParser:
                 st.parts.append(bytes(buf[p:p + size]))
             st.remaining -= size
             pos = p + size
+            if st.remaining and csid < 64 and not ext:
+                # Fast path: the rest of this message usually follows as fmt 3 chunks of the same csid.
+                marker = 0xC0 | csid
+                parts = st.parts
+                cs = self.chunk_size
+                remaining = st.remaining
+                while remaining and pos < n and buf[pos] == marker:
+                    size = remaining if remaining < cs else cs
+                    end = pos + 1 + size
+                    if n < end:
+                        break
+                    parts.append(bytes(buf[pos + 1:end]))
+                    remaining -= size
+                    pos = end
+                st.remaining = remaining
             if st.remaining == 0:
                 payload = st.parts[0] if len(st.parts) == 1 else b"".join(st.parts)
                 st.parts = []
@@ -431,11 +446,7 @@ def serialize(msg: Message, chunk_size: int) -> bytes:
     cont = _basic_header(3, msg.csid)
     if ext:
         cont += ts.to_bytes(4, "big")
-    parts = [head, payload[:chunk_size]]
-    for i in range(chunk_size, length, chunk_size):
-        parts.append(cont)
-        parts.append(payload[i:i + chunk_size])
-    return b"".join(parts)
+    return head + cont.join([payload[i:i + chunk_size] for i in range(0, length, chunk_size)])
 
 
 class ChunkWriter:

@@ -281,16 +281,16 @@ class SlotRelay:
             side = "publisher" if first is up_task else "destination"
             sess.error = sess.server_error or f"{side} connection failed: {_describe(exc)}"
         elif first is down_task:
+            # The destination hung up: let ffmpeg read what it sent last (e.g. an error status), then close.
             sess.error = sess.server_error or "destination closed the connection"
+            await _close_gently(sess.writer)
         else:
             # ffmpeg ended the session; flush what is buffered for the destination, then close.
             sess.error = sess.server_error
-            up_writer.close()
+            if sess.error is None and not sess.live:
+                sess.error = "publisher left before the destination accepted the stream"
             sess.writer.close()
-            try:
-                await asyncio.wait_for(up_writer.wait_closed(), 2)
-            except (asyncio.TimeoutError, OSError):
-                pass
+            await _close_gently(up_writer)
 
     async def _pump_up(self, sess: _Session, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         """ffmpeg -> destination: handshake verbatim, then messages re-chunked, commands rewritten."""
@@ -401,6 +401,14 @@ def _check_command(m: rtmp.Message, name: str, keys: dict[str, str], target: rtm
             raise _Refused(f"wrong placeholder {str(stream)[:40]!r} (expected {name!r})")
         return rtmp.rewrite_command(m, keys, None, None)
     return m
+
+
+async def _close_gently(w: asyncio.StreamWriter, timeout: float = 1.0) -> None:
+    w.close()
+    try:
+        await asyncio.wait_for(w.wait_closed(), timeout)
+    except (asyncio.TimeoutError, OSError):
+        pass
 
 
 def _describe(exc: BaseException) -> str:
