@@ -597,5 +597,10 @@ def demo_cmd(
     raise typer.Exit(EXIT_OK if ok else (code or EXIT_BROADCAST))
 
 
+from restream import cli_ops  # noqa: E402  (doctor, check, schedule; cli_ops does not import cli)
+
+cli_ops.register(app, exit_code_for)
+
+
 def main() -> None:
     app(prog_name="restream")
