@@ -383,3 +383,278 @@ def test_parse_url(url, expected):
 def test_parse_url_rejects(url):
     with pytest.raises(ValueError):
         parse_url(url)
+
+
+# -- ChunkRewriter: chunks passed through, commands rewritten ------------------------------------------------------
+
+KEYS = {"slot-0": "the-real-key-0123456789"}
+APP, TCURL = "live2", "rtmp://example.net/live2"
+
+
+def rewrite(m: Message) -> Message:
+    return rewrite_command(m, KEYS, APP, TCURL)
+
+
+def relay_bytes(data: bytes, rnd: random.Random | None = None, max_step: int = 900) -> tuple[bytes, rtmp.ChunkRewriter]:
+    rw = rtmp.ChunkRewriter(rewrite)
+    if rnd is None:
+        return rw.feed(data), rw
+    out = []
+    pos = 0
+    while pos < len(data):
+        step = rnd.randint(1, max_step)
+        out.append(rw.feed(data[pos:pos + step]))
+        pos += step
+    return b"".join(out), rw
+
+
+def expected_after_relay(data: bytes) -> list[Message]:
+    return [rewrite(m) for m in ChunkParser().feed(data) if m.type_id != rtmp.ABORT]
+
+
+def without_aborts(msgs: list[Message]) -> list[Message]:
+    return [m for m in msgs if m.type_id != rtmp.ABORT]
+
+
+class StreamEncoder:
+    """Writes a chunk stream the way a sender may: compressed headers (fmt 1/2/3 where they fit, fmt 3 starting
+    new messages included), extended timestamps repeated in fmt 3 chunks, chunks of several csids interleaved,
+    Set Chunk Size taking effect after its last chunk, Abort of a message in progress. Independent of rtmp.py's
+    writer; ``sent`` lists the messages a correct parser must return (Aborts included, aborted ones not)."""
+
+    def __init__(self, rnd: random.Random) -> None:
+        self.rnd = rnd
+        self.chunk_size = 128
+        self.out = bytearray()
+        self.prev: dict[int, tuple] = {}      # csid -> (ts, field, ext, length, type, sid)
+        self.open: dict[int, list] = {}       # csid -> [message, offset]
+        self.sent: list[Message] = []
+
+    def start(self, m: Message, fmt: int | None = None) -> None:
+        assert m.csid not in self.open
+        prev = self.prev.get(m.csid)
+        choices = [0]
+        delta = 0
+        if prev is not None and prev[5] == m.stream_id:
+            delta = (m.timestamp - prev[0]) & 0xFFFFFFFF
+            choices.append(1)
+            if (prev[3], prev[4]) == (len(m.payload), m.type_id):
+                choices.append(2)
+                if prev[1] == delta:
+                    choices.append(3)
+        if fmt is None:
+            fmt = self.rnd.choice(choices) if self.rnd.random() < 0.8 else max(choices)
+        assert fmt in choices
+        if fmt == 3:
+            field, ext = prev[1], prev[2]
+        else:
+            field = m.timestamp if fmt == 0 else delta
+            ext = field >= 0xFFFFFF
+        head = bh(fmt, m.csid)
+        if fmt < 3:
+            head += u24(0xFFFFFF if ext else field)
+        if fmt < 2:
+            head += u24(len(m.payload)) + bytes([m.type_id])
+        if fmt == 0:
+            head += struct.pack("<I", m.stream_id)
+        if ext:
+            head += field.to_bytes(4, "big")
+        self.prev[m.csid] = (m.timestamp, field, ext, len(m.payload), m.type_id, m.stream_id)
+        self.open[m.csid] = [m, 0]
+        self._chunk(m.csid, head)
+
+    def step(self, csid: int) -> None:
+        """The next continuation chunk of the message open on ``csid``."""
+        ext, field = self.prev[csid][2], self.prev[csid][1]
+        self._chunk(csid, bh(3, csid) + (field.to_bytes(4, "big") if ext else b""))
+
+    def _chunk(self, csid: int, head: bytes) -> None:
+        m, off = self.open[csid]
+        part = m.payload[off:off + self.chunk_size]
+        self.out += head + part
+        off += len(part)
+        if off < len(m.payload):
+            self.open[csid][1] = off
+            return
+        del self.open[csid]
+        self.sent.append(m)
+        if m.type_id == rtmp.SET_CHUNK_SIZE:
+            self.chunk_size = struct.unpack(">I", m.payload)[0]
+        elif m.type_id == rtmp.ABORT:
+            aborted = struct.unpack(">I", m.payload)[0]
+            self.open.pop(aborted, None)
+
+    def finish(self) -> None:
+        while self.open:
+            self.step(self.rnd.choice(sorted(self.open)))
+
+
+CSIDS = [2, 3, 4, 5, 6, 8, 70, 400]
+
+
+def random_message(rnd: random.Random, csid: int, ts: int) -> Message:
+    kind = rnd.random()
+    sid = rnd.choice([0, 1, 1, 1])
+    if kind < 0.25:
+        values = rnd.choice([
+            ["connect", 1.0, {"app": "slot", "type": "nonprivate", "tcUrl": "rtmp://127.0.0.1:1/slot"}],
+            ["releaseStream", 2.0, None, "slot-0"],
+            ["FCPublish", 3.0, None, "slot-0"],
+            ["createStream", 4.0, None],
+            ["publish", 5.0, None, "slot-0", "live"],
+            ["FCUnpublish", 6.0, None, "slot-0"],
+            ["publish", 7.0, None, "other-name", "live"],
+        ])
+        return command_message(values, csid=csid, timestamp=ts, stream_id=sid,
+                               type_id=rnd.choice([rtmp.COMMAND_AMF0, rtmp.COMMAND_AMF3]))
+    if kind < 0.3:
+        return Message(csid, ts, rtmp.COMMAND_AMF0, sid, rnd.randbytes(rnd.randint(0, 40)))  # not AMF0
+    length = rnd.choice([0, 1, 4, 127, 128, 129, 300, rnd.randint(0, 3000)])
+    type_id = rnd.choice([rtmp.AUDIO, rtmp.VIDEO, rtmp.VIDEO, rtmp.DATA_AMF0, rtmp.USER_CONTROL])
+    return Message(csid, ts, type_id, sid, rnd.randbytes(length))
+
+
+def random_stream(rnd: random.Random) -> StreamEncoder:
+    enc = StreamEncoder(rnd)
+    clock = {c: rnd.choice([0, 1000, 0xFFFFF0, 0xFFFFFF, 0x7FFFFFF0, 0xFFFFFFF0]) for c in CSIDS}
+    for _ in range(rnd.randint(1, 40)):
+        r = rnd.random()
+        if enc.open and r < 0.45:
+            enc.step(rnd.choice(sorted(enc.open)))
+            continue
+        free = [c for c in CSIDS if c not in enc.open]
+        if not free:
+            continue
+        if r < 0.52:
+            size = rnd.choice([1, 3, 4, 50, 128, 129, 1000, 4096, 65536])
+            if 2 in free:
+                enc.start(Message(2, 0, rtmp.SET_CHUNK_SIZE, 0, struct.pack(">I", size)))
+            continue
+        if r < 0.57 and enc.open and 2 in free:
+            victim = rnd.choice(sorted(enc.open))
+            if victim != 2:
+                enc.start(Message(2, 0, rtmp.ABORT, 0, struct.pack(">I", victim)))
+            continue
+        csid = rnd.choice(free)
+        prev = enc.prev.get(csid)
+        if prev is not None and rnd.random() < 0.5:
+            # a repeat of the previous header (fmt 2/3 possible); the same delta again
+            ts = (prev[0] + prev[1]) & 0xFFFFFFFF if rnd.random() < 0.5 else (prev[0] + 33) & 0xFFFFFFFF
+            m = random_message(rnd, csid, ts)
+            if rnd.random() < 0.5 and not rtmp.is_command(m) and prev[4] not in (rtmp.SET_CHUNK_SIZE, rtmp.ABORT):
+                m = Message(csid, ts, prev[4], prev[5], rnd.randbytes(prev[3]))
+        else:
+            clock[csid] = (clock[csid] + rnd.choice([0, 21, 33, 0x1000000])) & 0xFFFFFFFF
+            m = random_message(rnd, csid, clock[csid])
+        enc.start(m)
+    enc.finish()
+    return enc
+
+
+@given(st.randoms(use_true_random=False))
+@settings(max_examples=400, deadline=None)
+def test_rewriter_delivers_the_same_messages_with_commands_rewritten(rnd):
+    enc = random_stream(rnd)
+    data = bytes(enc.out)
+    assert ChunkParser().feed(data) == enc.sent              # the encoder and the parser agree
+    out, rw = relay_bytes(data, rnd, max_step=rnd.choice([3, 50, 900, 10**6]))
+    received = ChunkParser().feed(out)
+    assert without_aborts(received) == expected_after_relay(data)
+    assert rw.buffered == 0
+    assert b"slot-0" not in out and b"/slot" not in out
+    if not any(rewrite(m) != m for m in enc.sent) and not any(m.type_id == rtmp.ABORT for m in enc.sent):
+        # nothing to rewrite or drop: every byte passes, unless a Set Chunk Size cut through a held message
+        assert out == data or any(m.type_id == rtmp.SET_CHUNK_SIZE for m in enc.sent)
+
+
+def test_rewriter_passes_media_byte_for_byte():
+    video = bytes(range(256)) * 40
+    audio = b"a" * 300
+    data = (h0(2, 0, 4, 1, 0) + struct.pack(">I", 4096)
+            + h0(6, 0, len(video), 9) + video[:4096] + h0(4, 0, 300, 8) + audio[:300] + h3(6) + video[4096:8192]
+            + h3(6) + video[8192:]
+            + h1(4, 23, 300, 8) + audio + h2(4, 0xFFFFFF, ext=0x1000000) + audio
+            + h3(4, ext=0x1000000) + audio)
+    rnd = random.Random(5)
+    for step in (1, 7, 129, 4097, 10**6):
+        out, rw = relay_bytes(data, rnd, max_step=step)
+        assert out == data and rw.chunk_size == 4096 and rw.media
+    out, _ = relay_bytes(data)
+    assert out is not None and ChunkParser().feed(out) == ChunkParser().feed(data)
+
+
+def test_rewriter_rewrites_publish_and_re_chunks_its_csid_until_fmt0():
+    pub = command_message(["publish", 5.0, None, "slot-0", "live"], csid=8, timestamp=0, stream_id=1)
+    data = (h0(8, 0, len(pub.payload), 20, 1) + pub.payload
+            + h2(8, 0) + b"x" * len(pub.payload)          # same length/type as the placeholder command: fmt 2
+            + h3(8) + b"y" * len(pub.payload)             # fmt 3: a new message, delta 0
+            + h0(8, 100, 3, 8, 1) + b"abc"                # fmt 0: passes again
+            + h3(8) + b"def")
+    out, _ = relay_bytes(data)
+    new_pub = rewrite(pub)
+    assert rtmp.command_values(new_pub)[3] == KEYS["slot-0"]
+    tail = h0(8, 100, 3, 8, 1) + b"abc" + h3(8) + b"def"
+    assert out == (serialize(new_pub, 128) + serialize(Message(8, 0, 20, 1, b"x" * len(pub.payload)), 128)
+                   + serialize(Message(8, 0, 20, 1, b"y" * len(pub.payload)), 128) + tail)
+    assert without_aborts(ChunkParser().feed(out)) == expected_after_relay(data)
+
+
+def test_rewriter_extended_timestamp_on_rewritten_csid():
+    ts = 0x01234567
+    conn = command_message(["connect", 1.0, {"app": "slot", "tcUrl": "rtmp://127.0.0.1:1/slot", "pad": "p" * 80}],
+                           csid=3)
+    body = conn.payload
+    assert 128 < len(body) <= 256
+    data = (h0(3, 0xFFFFFF, len(body), 20, 0, ext=ts) + body[:128] + h3(3, ext=ts) + body[128:]   # rewritten
+            + h1(3, 0xFFFFFF, 200, 18, ext=ts) + b"d" * 128 + h3(3, ext=ts) + b"d" * 72          # extended delta
+            + h3(3, ext=ts) + b"e" * 128 + h3(3, ext=ts) + b"e" * 72)                            # fmt 3: same delta
+    msgs = ChunkParser().feed(data)
+    assert [m.timestamp for m in msgs] == [ts, 2 * ts, 3 * ts]
+    for step in (1, 5, 200, 10**6):
+        out, _ = relay_bytes(data, random.Random(step), max_step=step)
+        got = ChunkParser().feed(out)
+        assert got == expected_after_relay(data)
+        assert got[0].timestamp == ts and rtmp.command_values(got[0])[2]["app"] == APP
+
+
+def test_rewriter_abort_forwarded_only_for_a_message_in_flight():
+    video = b"v" * 300
+    data = (h0(6, 0, 300, 9) + video[:128]                       # in flight: its first chunk passed
+            + h0(2, 0, 4, 2, 0) + struct.pack(">I", 6)           # Abort csid 6: must reach the server
+            + h0(3, 0, 60, 20, 0) + b"\x02" * 60                  # a (malformed) command, held, passed unchanged
+            + h0(5, 0, 200, 20, 0) + b"c" * 128                   # a held command in progress on csid 5
+            + h0(2, 0, 4, 2, 0) + struct.pack(">I", 5)            # Abort csid 5: dropped
+            + h0(6, 10, 3, 9) + b"new"
+            + h0(5, 7, 1, 8, 0) + b"z")
+    out, _ = relay_bytes(data)
+    received = ChunkParser().feed(out)
+    assert [(m.csid, m.type_id) for m in received if m.type_id == rtmp.ABORT] == [(2, rtmp.ABORT)]
+    assert without_aborts(received) == expected_after_relay(data)
+
+
+def test_rewriter_set_chunk_size_during_held_command():
+    conn = command_message(["connect", 1.0, {"app": "slot", "flashVer": "x" * 200}], csid=3)
+    body = conn.payload
+    assert len(body) > 128
+    data = (h0(3, 0, len(body), 20, 0) + body[:128]
+            + h0(2, 0, 4, 1, 0) + struct.pack(">I", 1000)           # takes effect for the next chunks
+            + h3(3) + body[128:]
+            + h0(6, 0, 2000, 9) + b"v" * 1000 + h3(6) + b"w" * 1000)
+    out, rw = relay_bytes(data)
+    assert rw.chunk_size == 1000
+    assert ChunkParser().feed(out) == expected_after_relay(data)
+
+
+def test_rewriter_unchanged_command_passes_verbatim():
+    cs = command_message(["createStream", 4.0, None], csid=3)
+    data = h0(3, 0, len(cs.payload), 20, 0) + cs.payload + h2(3, 0) + cs.payload
+    out, _ = relay_bytes(data)
+    assert out == data
+
+
+def test_rewriter_refusal_propagates():
+    def refuse(m):
+        raise ValueError("no")
+    rw = rtmp.ChunkRewriter(refuse)
+    with pytest.raises(ValueError):
+        rw.feed(serialize(command_message(["connect", 1.0, {}]), 128))

@@ -2,9 +2,11 @@
 
 ffmpeg's tee has one RTMP slave per slot; slave ``i`` publishes ``rtmp://127.0.0.1:<port_i>/slot/slot-<i>``. For each
 connection the relay dials the destination assigned to slot ``i`` (TLS for rtmps://), passes the handshake through
-verbatim, then re-chunks the client->server chunk stream message by message, rewriting ``connect`` (app, tcUrl) and
-the stream name of ``releaseStream``/``FCPublish``/``publish``/``FCUnpublish`` (placeholder -> key). Server->client
-bytes pass through untouched; the relay only reads them to learn whether the publish was accepted.
+verbatim, then passes the client->server chunks through as they are (``rtmp.ChunkRewriter``) except commands:
+``connect`` gets the real app and tcUrl, ``releaseStream``/``FCPublish``/``publish``/``FCUnpublish`` the key for the
+placeholder stream name; rewritten commands (and what follows them on their chunk stream id until a fmt 0 header) are
+re-chunked. Server->client bytes pass through untouched; the relay only reads them to learn whether the publish was
+accepted.
 
 So no key is ever in ffmpeg's argv, every destination's true state and byte count are known here, and a slot can be
 re-pointed live (the current session is closed; ffmpeg's fifo reconnects within about a second).
@@ -293,7 +295,7 @@ class SlotRelay:
             await _close_gently(up_writer)
 
     async def _pump_up(self, sess: _Session, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        """ffmpeg -> destination: handshake verbatim, then messages re-chunked, commands rewritten."""
+        """ffmpeg -> destination: handshake verbatim, then chunks passed through, commands rewritten (ChunkRewriter)."""
         slot = sess.slot
         try:
             c0c1 = await reader.readexactly(1 + rtmp.HANDSHAKE_SIZE)
@@ -305,31 +307,21 @@ class SlotRelay:
         w.write(c2)
         self._bytes[slot] += len(c2)
         await w.drain()
-        parser = rtmp.ChunkParser()
-        out = rtmp.ChunkWriter()
         name = placeholder(slot)
         up = sess.upstream
         target = sess.target
         assert target is not None
         keys = {name: up.key}
+        chunks = rtmp.ChunkRewriter(lambda m: _check_command(m, name, keys, target))
         while True:
             data = await reader.read(_READ_SIZE)
             if not data:
                 return
-            msgs = parser.feed(data)
-            if not msgs:
+            blob = chunks.feed(data)
+            if chunks.media and not sess.live:
+                self._set_live(sess)
+            if not blob:
                 continue
-            chunks = []
-            for m in msgs:
-                t = m.type_id
-                if t == rtmp.ABORT:
-                    continue
-                if t == rtmp.COMMAND_AMF0 or t == rtmp.COMMAND_AMF3:
-                    m = _check_command(m, name, keys, target)
-                elif not sess.live and (t == rtmp.VIDEO or t == rtmp.AUDIO):
-                    self._set_live(sess)
-                chunks.append(out.write(m))
-            blob = b"".join(chunks)
             w.write(blob)
             if sess.upstream is self._assigned[slot]:
                 self._bytes[slot] += len(blob)
