@@ -494,9 +494,14 @@ def test_a_kill_9ed_go_leaves_no_blocking_lock(receiver, tmp_path):
     assert rs("add", "recv", "--url", recv.url, "--key", "probe").returncode == 0
     first = _start_go()
     support.wait_for(recv.connected, 30, what="the first broadcast to reach the receiver")
+    children = support.descendants(first.pid)  # its ffmpeg: collected now, it is orphaned after the kill
     os.kill(first.pid, signal.SIGKILL)  # the holder dies without any clean-up
-    first.wait(10)
-    _kill_tree(first)  # then its orphaned ffmpeg, by PID
+    first.communicate(timeout=10)
+    for pid in children:  # then clean up the orphans, by PID
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     recv2 = receiver("two")
     assert rs("edit", "recv", "--url", recv2.url).returncode == 0
     t0 = time.monotonic()
