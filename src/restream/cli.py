@@ -110,6 +110,28 @@ def _load_existing(name: str) -> prof.Profile:
     return prof.load(_profile_name(name), must_exist=name != paths.DEFAULT_PROFILE)
 
 
+def _edit(profile: str, change):
+    """Read-modify-write a profile; while it is broadcasting, refuse a change that would exceed five live."""
+    from restream import runtime
+    from restream.selection import select
+
+    name = _profile_name(profile)
+
+    def guarded(p: prof.Profile) -> prof.Profile:
+        new = change(p)
+        running = runtime.read(name)
+        if running is not None:
+            try:
+                select(new, running.get("only"), running.get("skip"))
+            except UsageError as exc:
+                if f"at most {prof.MAX_LIVE}" in str(exc):
+                    raise UsageError(f"profile {name!r} is live (PID {running.get('pid')}) and this change would "
+                                     f"select more than {prof.MAX_LIVE} destinations: disable one first") from None
+        return new
+
+    return prof.update(name, guarded)
+
+
 # -- keys ---------------------------------------------------------------------------------------------------------
 
 def _key_from_options(key: str | None, key_env: str | None, key_stdin: bool, required: bool,
@@ -183,7 +205,7 @@ def add_cmd(
     skey, kenv, _ = _key_from_options(key, key_env, key_stdin, required=True, no_key=no_key)
     dest = prof.make_destination(name, url, skey, kenv, not disabled, preset.name if preset else None,
                                  str(ca_file) if ca_file else None)
-    prof.update(_profile_name(profile), lambda p: p.added(dest))
+    _edit(profile, lambda p: p.added(dest))
     typer.echo(f"added {dest.name} -> {dest.server_url}" + ("" if dest.enabled else " (disabled)"))
 
 
@@ -265,14 +287,14 @@ def edit_cmd(
             old.enabled, old.platform, str(ca_file) if ca_file else old.ca_file)
         return p.replaced(old.name, new)
 
-    prof.update(_profile_name(profile), change)
+    _edit(profile, change)
     typer.echo(f"updated {rename or name}")
 
 
 @command("remove", epilog="Example:\n\n  restream remove twitch")
 def remove_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
     """Remove a destination."""
-    prof.update(_profile_name(profile), lambda p: p.removed(name))
+    _edit(profile, lambda p: p.removed(name))
     typer.echo(f"removed {name}")
 
 
@@ -281,7 +303,7 @@ def _set_enabled(name: str, profile: str, enabled: bool) -> None:
         old = p.get(name)
         return p.replaced(old.name, prof.Destination(**{**old.__dict__, "enabled": enabled}))
 
-    prof.update(_profile_name(profile), change)
+    _edit(profile, change)
     typer.echo(f"{'enabled' if enabled else 'disabled'} {name}")
 
 
@@ -361,7 +383,7 @@ def import_cmd(
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
     incoming = interchange.parse_import(text, file)
-    result = prof.update(_profile_name(profile), lambda p: interchange.merge(p, incoming, replace_all))
+    result = _edit(profile, lambda p: interchange.merge(p, incoming, replace_all))
     typer.echo(f"imported {len(incoming)} destination(s); profile {result.name!r} now has "
                f"{len(result.destinations)}")
 
@@ -467,13 +489,13 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
             fresh = prof.load(profile_name)
             from restream.selection import select
 
-            return _targets(select(fresh, only, skip))
+            return _targets(select(fresh, only, skip, allow_empty=True))
 
         watch = (paths.profile_path(profile_name), reload)
 
     from contextlib import nullcontext
 
-    with (runtime.broadcast_lock(profile_name, command_name) if lock else nullcontext()) as session:
+    with (runtime.broadcast_lock(profile_name, command_name, only, skip) if lock else nullcontext()) as session:
         b = runner.Broadcast(ff.path, inp, enc, targets, on_event, profile=profile_name,
                              ffmpeg_label=f"{ff.path} ({ff.version})", record=record, duration=duration, font=font,
                              input_label=redact(_describe_input(inp)), watch=watch)
@@ -595,6 +617,42 @@ def demo_cmd(
                               "--key-stdin, then restream go --test-pattern" if ok else
                               f"FAILED (broadcast exit {code})"))
     raise typer.Exit(EXIT_OK if ok else (code or EXIT_BROADCAST))
+
+
+@command("status", epilog="Examples:\n\n  restream status\n\n  restream status --json -p events")
+def status_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = False) -> None:
+    """Show the broadcast running on a profile (from another terminal). Exit 1 if none runs."""
+    from restream import runtime
+
+    name = _profile_name(profile)
+    info = runtime.read(name)
+    if info is None:
+        if as_json:
+            typer.echo(json.dumps({"profile": name, "running": False}))
+        else:
+            typer.echo(f"no broadcast is running on profile {name!r}")
+        raise typer.Exit(EXIT_SOME_FAILED)
+    snap = info.get("snapshot") or {}
+    rows = [{"name": d.get("name"), "host": d.get("host"), "state": d.get("state"),
+             "uptime": _clock(d.get("uptime_s") or 0), "reconnects": d.get("reconnects"),
+             "kbps": f"{d['kbps']:.0f}" if d.get("kbps") else "-", "error": d.get("last_error") or ""}
+            for d in snap.get("destinations", [])]
+    if as_json:
+        typer.echo(json.dumps({"profile": name, "running": True, "pid": info.get("pid"),
+                               "command": info.get("command"), "started": info.get("started"),
+                               "destinations": rows}, ensure_ascii=False))
+        return
+    from restream.tables import table
+
+    typer.echo(f"profile {name}: {info.get('command')} running since {info.get('started')} (PID {info.get('pid')})")
+    typer.echo(f"input {snap.get('input', '?')}; stream time {_clock(snap.get('out_time_s') or 0)}")
+    table([("DESTINATION", "name"), ("HOST", "host"), ("STATE", "state"), ("UPTIME", "uptime"),
+           ("RECONNECTS", "reconnects"), ("KBIT/S", "kbps"), ("LAST ERROR", "error")], rows)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 from restream import cli_ops  # noqa: E402  (doctor, check, schedule; cli_ops does not import cli)

@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,19 @@ def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | 
         slaves.append(plan.record_slave(record))
     slot_of = {t.name: i for i, t in enumerate(t for t in targets if t.via_relay)}
     return tuple(slaves), slot_of, relay_slots
+
+
+def die_with_parent() -> None:
+    """In the child before exec: kill it if restream dies (even by SIGKILL), so no ffmpeg is left behind.
+
+    SIGKILL, not SIGTERM: the relay died with restream, so there is nothing left to close cleanly, and an ffmpeg
+    whose outputs are all gone may ignore a first SIGTERM.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def exit_code(delivered: dict[str, bool]) -> int:
@@ -215,7 +229,7 @@ class Broadcast:
             stdin = None if self.inp.kind == "stdin" else asyncio.subprocess.PIPE
             self.proc = await asyncio.create_subprocess_exec(
                 *p.argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, limit=1 << 20)
+                start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent)
             self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, self.proc.pid,
                                  tuple((t.name, t.server_url) for t in self.targets.values())))
             for t in self.targets.values():

@@ -52,9 +52,10 @@ def write(profile: str, data: dict) -> None:
 class Session:
     """The running broadcast's entry in the runtime directory."""
 
-    def __init__(self, profile: str, command: str) -> None:
+    def __init__(self, profile: str, command: str, only: str | None = None, skip: str | None = None) -> None:
         self.profile = profile
-        self.base = {"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self.base = {"pid": os.getpid(), "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "only": only, "skip": skip}
 
     def publish(self, snapshot: dict | None = None) -> None:
         try:
@@ -64,7 +65,8 @@ class Session:
 
 
 @contextmanager
-def broadcast_lock(profile: str, command: str) -> Iterator[Session]:
+def broadcast_lock(profile: str, command: str, only: str | None = None, skip: str | None = None
+                   ) -> Iterator[Session]:
     """Hold the profile's broadcast lock for the whole broadcast; BusyError at once if another holds it."""
     from filelock import FileLock, Timeout
 
@@ -82,7 +84,7 @@ def broadcast_lock(profile: str, command: str) -> Iterator[Session]:
         raise BusyError(f"profile {profile!r} is already broadcasting ({who}); "
                         f"stop it first or use another profile (-p)") from None
     try:
-        session = Session(profile, command)
+        session = Session(profile, command, only, skip)
         session.publish()
         yield session
     finally:

@@ -17,16 +17,21 @@ def _get(p: Profile, name: str) -> Destination:
     return dest
 
 
-def select(p: Profile, only: str | None = None, skip: str | None = None) -> tuple[Destination, ...]:
-    """``--only a,b`` picks by name (enabled or not); ``--skip c`` drops from the enabled ones."""
+def select(p: Profile, only: str | None = None, skip: str | None = None, allow_empty: bool = False
+           ) -> tuple[Destination, ...]:
+    """``--only a,b`` picks by name (enabled or not); ``--skip c`` drops from the enabled ones.
+
+    ``allow_empty``: for a running broadcast re-reading its profile, where names may come and go.
+    """
     if only and skip:
         raise UsageError("--only and --skip cannot be used together")
     if only:
-        chosen = tuple(_get(p, n) for n in dict.fromkeys(split_names(only)))
+        found = (p.find(n) if allow_empty else _get(p, n) for n in dict.fromkeys(split_names(only)))
+        chosen = tuple(d for d in found if d is not None)
     else:
-        skipped = {_get(p, n).name for n in split_names(skip)}
+        skipped = {d.name for d in (p.find(n) if allow_empty else _get(p, n) for n in split_names(skip)) if d}
         chosen = tuple(d for d in p.enabled() if d.name not in skipped)
-    if not chosen:
+    if not chosen and not allow_empty:
         if not p.destinations:
             raise UsageError(f"profile {p.name!r} has no destinations: add one first (restream add youtube --key-stdin)")
         raise UsageError(f"no destination selected: all of profile {p.name!r}'s destinations are disabled or "
