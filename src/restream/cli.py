@@ -419,12 +419,14 @@ def _bitrate_warnings(dests, video_k: int, copy: bool) -> None:
 def _describe_input(inp) -> str:
     if inp.kind == "test":
         return "test pattern"
+    if inp.kind == "listen":
+        return "relay ingest"
     return f"{inp.target}{' (looped)' if inp.loop else ''}"
 
 
 def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
                quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
-               only=None, skip=None, lock: bool = True) -> int:
+               only=None, skip=None, lock: bool = True, ingest=None, once: bool = False) -> int:
     """The shared path of `go` (and the demo): check everything, then run one broadcast and show it."""
     import asyncio
     from dataclasses import asdict, replace
@@ -450,7 +452,7 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     if record:
         plan.record_slave(record)  # validates the file type now
     font = plan.find_font() if inp.kind == "test" else None
-    secrets = [t.key for t in targets if t.key]
+    secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else [])
     if dry_run:
         slaves, slot_of, _ = runner.layout(targets, lambda i: f"rtmp://127.0.0.1:<slot-{i}-port>/slot/slot-{i}",
                                            record)
@@ -498,7 +500,14 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     with (runtime.broadcast_lock(profile_name, command_name, only, skip) if lock else nullcontext()) as session:
         b = runner.Broadcast(ff.path, inp, enc, targets, on_event, profile=profile_name,
                              ffmpeg_label=f"{ff.path} ({ff.version})", record=record, duration=duration, font=font,
-                             input_label=redact(_describe_input(inp)), watch=watch)
+                             input_label=redact(_describe_input(inp)), watch=watch, once=once,
+                             secrets=(ingest["key"],) if ingest else (),
+                             queue_size=2000 if ingest else 600)
+        if ingest:
+            from restream.ingest import IngestGate
+
+            b.gate = IngestGate(ingest["host"], ingest["port"], ingest["app"], ingest["key"], ingest["backend"],
+                                b.on_ingest)
         try:
             code = asyncio.run(b.run())
         finally:
@@ -617,6 +626,91 @@ def demo_cmd(
                               "--key-stdin, then restream go --test-pattern" if ok else
                               f"FAILED (broadcast exit {code})"))
     raise typer.Exit(EXIT_OK if ok else (code or EXIT_BROADCAST))
+
+
+@command("relay", epilog="Examples:\n\n"
+         "  restream relay                       (OBS: server rtmp://127.0.0.1:1935/live, key shown once)\n\n"
+         "  restream relay --only youtube,twitch --once\n\n"
+         "  restream relay --listen rtmp://0.0.0.0:1935/live --public   (other machines may publish)")
+def relay_cmd(
+    listen: Annotated[str, typer.Option("--listen", metavar="URL",
+                                        help="Where publishers connect: rtmp://HOST:PORT/APP[/KEY].")] = "rtmp://127.0.0.1:1935/live",
+    public: Annotated[bool, typer.Option("--public", help="Allow listening on a non-loopback address.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="End when the first publisher disconnects.")] = False,
+    transcode: Annotated[bool, typer.Option("--transcode", help="Encode once (as go does) instead of copying.")] = False,
+    only: Annotated[Optional[str], typer.Option("--only", metavar="A,B", help="Only these destinations.")] = None,
+    skip: Annotated[Optional[str], typer.Option("--skip", metavar="A,B", help="All enabled but these.")] = None,
+    video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="With --transcode: video bitrate.")] = "4500k",
+    audio_bitrate: Annotated[str, typer.Option("--audio-bitrate", help="With --transcode: AAC bitrate.")] = "160k",
+    record: Annotated[Optional[str], typer.Option("--record", metavar="FILE", help="Also record locally.")] = None,
+    ffmpeg: Annotated[Optional[str], typer.Option("--ffmpeg", metavar="PATH", help="ffmpeg to use (env RESTREAM_FFMPEG).")] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain log lines instead of the live view.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")] = False,
+    status_interval: Annotated[float, typer.Option("--status-interval", metavar="SECONDS", help="Seconds between progress lines.")] = 10.0,
+    log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append the redacted ffmpeg log and state changes here.")] = None,
+    profile: ProfileOpt = paths.DEFAULT_PROFILE,
+) -> None:
+    """Relay: a local ingest for OBS or a hardware encoder, fanned out without re-encoding.
+
+    Point OBS at the server URL and stream key printed at start (Settings > Stream > Custom; keyframe interval
+    2 s). restream checks the key, copies the stream to every selected destination, and waits for the next
+    publisher when OBS stops, until Ctrl-C (or --once).
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from restream import ingest, plan, ports
+    from restream.selection import select
+
+    parts = urlsplit(listen)
+    try:
+        port = parts.port or 1935
+    except ValueError:
+        raise UsageError(f"invalid --listen URL {listen!r}") from None
+    if parts.scheme != "rtmp" or not parts.hostname:
+        raise UsageError("--listen must be rtmp://HOST:PORT/APP[/KEY] (RTMPS ingest is not supported)")
+    host = parts.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise UsageError(f"--listen needs an IP address or localhost, not {host!r}") from None
+    if not loopback and not public:
+        raise UsageError(f"listening on {host} lets other machines publish to your destinations: add --public "
+                         "if that is what you want")
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise UsageError("--listen must name an application, e.g. rtmp://127.0.0.1:1935/live")
+    app = path[0]
+    key_given = path[1] if len(path) == 2 else os.environ.get("RESTREAM_INGEST_KEY") or None
+    mode = _output_mode(plain, as_json)
+    p = _load_existing(profile)
+    dests = select(p, only, skip)
+    enc = plan.Encoding(copy=not transcode, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
+                        audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"))
+    if transcode:
+        _bitrate_warnings(dests, enc.video_bitrate_k, False)
+    if key_given:
+        key = prof.validate_key(key_given)
+        shown = f"{prof.mask_key(key)} (the key you gave)"
+    else:
+        key, created = ingest.load_or_create_key(paths.config_dir() / "ingest" / f"{p.name}.key")
+        shown = (f"{key}   (new; shown once, kept in {paths.config_dir() / 'ingest'})" if created
+                 else f"{prof.mask_key(key)} (kept in {paths.config_dir() / 'ingest' / (p.name + '.key')}; "
+                      "delete that file for a new one)")
+    try:
+        backend = ports.free_port()
+    except OSError as exc:
+        raise BroadcastError(str(exc)) from None
+    typer.echo(f"restream relay: publish to  server {parts.scheme}://{parts.netloc}/{app}   stream key {shown}",
+               err=True)
+    inp = plan.Input("listen", f"rtmp://127.0.0.1:{backend}/{app}/ingest")
+    code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
+                      duration=None, dry_run=False, show_keys=False, mode=mode, quiet=quiet,
+                      status_interval=status_interval, log_file=log_file, command_name="relay", only=only,
+                      skip=skip, ingest={"host": host, "port": port, "app": app, "key": key, "backend": backend},
+                      once=once)
+    raise typer.Exit(code)
 
 
 @command("status", epilog="Examples:\n\n  restream status\n\n  restream status --json -p events")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 import re
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from restream.ports import free_port, listening
 
 PLATFORMS = ("youtube", "twitch", "kick")
 
@@ -36,42 +37,6 @@ class Verdict:
     detail: str
 
 
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _listening(port: int) -> bool:
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            for line in Path(name).read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-        except (OSError, IndexError, ValueError):
-            continue
-    return False
-
-
-def free_port(taken: set[int]) -> int:
-    """A loopback port below the ephemeral range (ffmpeg retrying a connect there can never self-connect)."""
-    high = min(_ephemeral_low(), 32768) - 1
-    for _ in range(500):
-        port = random.randint(20000, high)
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise OSError("no free loopback port for the demo receivers")
-
-
 def start_receivers(ffmpeg: str, folder: Path, names=PLATFORMS, timeout: float = 10.0) -> list[Receiver]:
     taken: set[int] = set()
     receivers = []
@@ -85,7 +50,7 @@ def start_receivers(ffmpeg: str, folder: Path, names=PLATFORMS, timeout: float =
         receivers.append(r)
     deadline = time.monotonic() + timeout
     for r in receivers:  # readiness from /proc/net/tcp: a probing connect would use up the one-shot listener
-        while not _listening(r.port):
+        while not listening(r.port):
             if r.proc.poll() is not None or time.monotonic() > deadline:
                 stop_receivers(receivers)
                 raise OSError(f"demo receiver {r.name} did not start listening on 127.0.0.1:{r.port}")

@@ -33,7 +33,7 @@ FONT_CANDIDATES = (
 
 @dataclass(frozen=True)
 class Input:
-    """What to broadcast. ``kind``: file, url, device, stdin or test."""
+    """What to broadcast. ``kind``: file, url, device, stdin, test, or listen (relay mode's ingest)."""
 
     kind: str
     target: str | None = None
@@ -44,7 +44,7 @@ class Input:
 
     @property
     def live(self) -> bool:
-        return self.kind in ("url", "device", "stdin")
+        return self.kind in ("url", "device", "stdin", "listen")
 
 
 @dataclass(frozen=True)
@@ -225,6 +225,8 @@ def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
         return ["-re", *loop, "-i", inp.target or ""]
     if inp.kind == "stdin":
         return ["-i", "pipe:0"]
+    if inp.kind == "listen":  # relay mode: one publisher, through restream's ingest gate
+        return ["-listen", "1", "-rw_timeout", "10000000", "-i", inp.target or ""]
     if inp.kind == "url":
         network = ["-rw_timeout", "10000000"] if re.match(r"(rtmps?|https?|tcp)://", inp.target or "") else []
         return [*network, "-i", inp.target or ""]

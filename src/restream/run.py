@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from restream import events as ev
 from restream import plan
+from restream.errors import BroadcastError
 from restream.redact import Redactor
 from restream.slotrelay import SlotEvent, SlotRelay, Upstream
 
@@ -29,6 +30,11 @@ SIGNAL_GRACE_S = 3.0  # after each signal, before the next (a stalled ffmpeg nee
 TRAFFIC_INTERVAL_S = 1.0
 SRT_SETTLE_S = 3.0
 WATCH_INTERVAL_S = 0.5
+NOTICE = "restream"  # level of restream's own notices in Log events
+STREAMABLE_VIDEO = ("h264", "hevc", "av1")
+# Relay mode: what ffmpeg's listener says when a publisher is rejected or leaves; restream reports those itself.
+RELAY_ROUTINE = ("Unexpected stream", "Error opening input", "Unable to read handshake", "Error during demuxing",
+                 "Cannot open connection tcp://127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -108,13 +114,17 @@ class Broadcast:
         queue_size: int = 600,
         input_label: str = "",
         watch: tuple[Path, Callable[[], list[Target]]] | None = None,
+        gate=None,
+        once: bool = False,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.ffmpeg, self.inp, self.enc = ffmpeg, inp, enc
         self.emit = on_event
         self.profile, self.ffmpeg_label, self.input_label = profile, ffmpeg_label, input_label
         self.record, self.duration, self.font, self.queue_size = record, duration, font, queue_size
         self.targets: dict[str, Target] = {t.name: t for t in targets}
-        self.redact = Redactor(t.key for t in targets)
+        self.secrets = tuple(secrets)  # besides the destinations' keys, e.g. relay mode's ingest key
+        self.redact = Redactor([*(t.key for t in targets), *self.secrets])
         self.relay = SlotRelay(SLOTS, on_event=self._on_slot)
         self.slot_of: dict[str, int] = {}
         self.state: dict[str, str] = {}
@@ -125,6 +135,8 @@ class Broadcast:
         self._stop = asyncio.Event()
         self.relay_slots = SLOTS
         self.watch = watch
+        self.gate, self.once = gate, once  # relay mode: an ingest.IngestGate in front of ffmpeg's listener
+        self._codec_checked = False
         self._srt_errors: dict[str, float] = {}
         self._srt_since = 0.0
         self._quiet_ports: set[str] = set()
@@ -174,7 +186,7 @@ class Broadcast:
         """Change the running broadcast to ``targets`` (live add/remove/edit); returns problems, if any."""
         problems: list[str] = []
         wanted = {t.name: t for t in targets}
-        self.redact = Redactor([*(t.key for t in targets), *(t.key for t in self.targets.values())])
+        self.redact = Redactor([*(t.key for t in targets), *(t.key for t in self.targets.values()), *self.secrets])
         for name in list(self.targets):
             old = self.targets[name]
             new = wanted.get(name)
@@ -215,6 +227,7 @@ class Broadcast:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         await self.relay.start()
+        background: list[asyncio.Task] = []
         try:
             slaves = self._slaves()
             self._quiet_ports = {str(p) for p in self.relay.ports}
@@ -226,27 +239,62 @@ class Broadcast:
                 self.ever_live[t.name] = False
                 if t.via_relay:
                     self.relay.assign(self.slot_of[t.name], t.upstream())
-            stdin = None if self.inp.kind == "stdin" else asyncio.subprocess.PIPE
-            self.proc = await asyncio.create_subprocess_exec(
-                *p.argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent)
+            if self.gate is not None:
+                try:
+                    await self.gate.start()
+                except OSError as exc:
+                    raise BroadcastError(f"cannot listen on {self.gate.host}:{self.gate.port}: "
+                                         f"{exc.strerror or exc}") from None
+            background = [asyncio.create_task(self._traffic())]
+            if self.watch:
+                background.append(asyncio.create_task(self._watch()))
+            rc = await self._session(p.argv, first=True)
+            while self.gate is not None and not self.once and not self._stop.is_set():
+                self._publisher_gone()
+                rc = await self._session(p.argv, first=False)
+            return self._finish(rc)
+        finally:
+            for task in background:
+                task.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            if self.gate is not None:
+                await self.gate.close()
+            await self.relay.close()
+
+    async def _session(self, argv: tuple[str, ...], first: bool) -> int:
+        """One ffmpeg process from start to exit (relay mode runs one per publisher)."""
+        stdin = None if self.inp.kind == "stdin" else asyncio.subprocess.PIPE
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent)
+        if first:
             self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, self.proc.pid,
                                  tuple((t.name, t.server_url) for t in self.targets.values())))
             for t in self.targets.values():
                 self.emit(ev.DestState(time.time(), t.name, ev.CONNECTING))
-            jobs = [self._read_progress(), self._read_log(), self._traffic(), self._stopper()]
-            if self.watch:
-                jobs.append(self._watch())
-            tasks = [asyncio.create_task(c) for c in jobs]
-            rc = await self.proc.wait()
-            await asyncio.wait(tasks[:2], timeout=2)
-            for t in tasks:
-                t.cancel()
-            return self._finish(rc)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await self.relay.close()
+        tasks = [asyncio.create_task(c) for c in (self._read_progress(), self._read_log(), self._stopper())]
+        rc = await self.proc.wait()
+        await asyncio.wait(tasks[:2], timeout=2)
+        for task in tasks:
+            task.cancel()
+        return rc
+
+    def _publisher_gone(self) -> None:
+        """Relay mode: the publisher left and its ffmpeg ended; the destinations wait for the next one."""
+        self._codec_checked = False
+        for name in self.targets:
+            self._set(name, ev.CONNECTING)
+        self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
+
+    def on_ingest(self, e) -> None:
+        """Events of relay mode's ingest gate (an ingest.IngestEvent)."""
+        if e.kind == "publishing":
+            self.emit(ev.Log(time.time(), NOTICE, f"publisher connected from {e.peer}"))
+        elif e.kind == "rejected":
+            self.emit(ev.Log(time.time(), "warning", f"publisher from {e.peer} rejected: {e.detail}"))
+        elif e.kind == "ended":
+            self.emit(ev.Log(time.time(), NOTICE, f"publisher from {e.peer} disconnected"))
 
     def _finish(self, rc: int) -> int:
         delivered = {n: self.state.get(n) == ev.LIVE for n in self.targets}
@@ -318,9 +366,29 @@ class Broadcast:
             if not line.strip():
                 continue
             log = ev.parse_log_line(line, time.time())
+            if self.gate is not None and any(r in log.text for r in RELAY_ROUTINE):
+                log = ev.Log(log.ts, "info", log.text)
             self._srt_log(log.text)
+            if self.gate is not None and self.enc.copy:
+                self._check_codecs(log.text)
             if not self._noise(log.text):
                 self.emit(log)
+
+    def _check_codecs(self, text: str) -> None:
+        """Relay mode, copying: say so when the publisher sends what platforms will not take."""
+        if self._codec_checked:
+            return
+        if text.startswith("Output #0"):
+            self._codec_checked = True
+            return
+        m = re.match(r"\s*Stream #0:\d+.*?: (Video|Audio): (\w+)", text)
+        if not m:
+            return
+        kind, codec = m.groups()
+        if (kind == "Video" and codec not in STREAMABLE_VIDEO) or (kind == "Audio" and codec != "aac"):
+            self.emit(ev.Log(time.time(), "warning",
+                             f"the publisher sends {kind.lower()} as {codec}; platforms expect H.264 (or HEVC/AV1 "
+                             f"where accepted) with AAC: set your encoder to those, or restart with --transcode"))
 
     # SRT slaves bypass the relay: their state comes from the log ("Error opening srt://…" names the URL).
     def _srt_log(self, text: str) -> None:
