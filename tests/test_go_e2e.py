@@ -509,16 +509,10 @@ def test_record_alongside_destinations(procs, add, tmp_path):
 
 # -- 8. --copy from a file -----------------------------------------------------------------------------------------
 
-COPY_BUG = ("the tee muxer keeps the input's codec tag under -c copy (it has no tag table), and the FLV slaves "
-            "reject it: 'Tag avc1 incompatible with output codec id 27' (mp4), 'Tag [27][0][0][0] …' (mpegts); "
-            "every destination fails, exit 5. FLV inputs (tag 7) work.")
-
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("ext", [
-    ".flv",
-    pytest.param(".mp4", marks=pytest.mark.xfail(reason=COPY_BUG, strict=True)),
-    pytest.param(".ts", marks=pytest.mark.xfail(reason=COPY_BUG, strict=True)),
+    ".flv", ".mp4", ".ts",
 ])
 def test_copy_from_a_file(procs, add, tmp_path, ext):
     clip = make_clip(tmp_path / f"clip{ext}", seconds=3)

@@ -45,7 +45,16 @@ GOLDEN = {
         *HEAD, "-re", "-stream_loop", "-1", "-i", "in.mp4", "-map", "0:v:0", *X264_300, "-g", "60",
         "-keyint_min", "60", *FORCED, *AAC_64, *TEE, SLOT_SPEC]),
     "file+copy+duration": (Input("file", "in.mp4", fps=25.0), Encoding(copy=True), 90, (SLOT,), [
-        *HEAD, "-re", "-i", "in.mp4", *MAP_AV, "-c", "copy", "-t", "90", *TEE, SLOT_SPEC]),
+        *HEAD, "-re", "-i", "in.mp4", *MAP_AV, "-c", "copy", "-tag:v", "7", "-tag:a", "10", "-t", "90", *TEE,
+        SLOT_SPEC]),
+    "flv file+copy (tags kept)": (Input("file", "in.flv"), Encoding(copy=True), None, (SLOT,), [
+        *HEAD, "-re", "-i", "in.flv", *MAP_AV, "-c", "copy", *TEE, SLOT_SPEC]),
+    "hevc file+copy (video tag kept)": (Input("file", "in.mp4", video_codec="hevc", audio_codec="aac"),
+                                        Encoding(copy=True), None, (SLOT,), [
+        *HEAD, "-re", "-i", "in.mp4", *MAP_AV, "-c", "copy", "-tag:a", "10", *TEE, SLOT_SPEC]),
+    "relay listen+copy": (Input("listen", "rtmp://127.0.0.1:20000/live/ingest"), Encoding(copy=True), None, (SLOT,), [
+        *HEAD, "-listen", "1", "-rw_timeout", "10000000", "-i", "rtmp://127.0.0.1:20000/live/ingest", *MAP_AV,
+        "-c", "copy", *TEE, SLOT_SPEC]),
     "file+size+fps+record mp4": (Input("file", "in.mp4", fps=25.0),
                                  Encoding(video_bitrate_k=300, audio_bitrate_k=64, size=(640, 360), fps=29.97), 1.5,
                                  (SLOT, plan.record_slave("my 'show'.mp4")), [
@@ -55,7 +64,8 @@ GOLDEN = {
         *HEAD, "-rw_timeout", "10000000", "-i", "rtmp://127.0.0.1/live/cam", *MAP_AV, *X264_300, *FORCED, *AAC_64,
         *TEE, SLOT_SPEC]),
     "url srt+copy": (Input("url", "srt://127.0.0.1:9000?mode=caller"), Encoding(copy=True), None, (SLOT,), [
-        *HEAD, "-i", "srt://127.0.0.1:9000?mode=caller", *MAP_AV, "-c", "copy", *TEE, SLOT_SPEC]),
+        *HEAD, "-i", "srt://127.0.0.1:9000?mode=caller", *MAP_AV, "-c", "copy", "-tag:v", "7", "-tag:a", "10",
+        *TEE, SLOT_SPEC]),
     "url http (HLS)": (Input("url", "https://example.com/live/index.m3u8"), CHEAP, None, (SLOT,), [
         *HEAD, "-rw_timeout", "10000000", "-i", "https://example.com/live/index.m3u8", *MAP_AV, *X264_300, *FORCED,
         *AAC_64, *TEE, SLOT_SPEC]),
@@ -398,3 +408,11 @@ def test_problems_and_slave_failures():
     assert ev.slave_failure("Slave muxer #2 failed: Broken pipe, continuing with 4/5 slaves.") == (2, "Broken pipe")
     assert ev.slave_failure("Slave muxer #4 failed: Input/output error.") == (4, "Input/output error")
     assert ev.slave_failure(logs[2].text) is None
+
+
+def test_copy_with_forced_flv_tags_refuses_an_mp4_or_mkv_recording():
+    inp = Input("file", "in.mp4", video_codec="h264", audio_codec="aac")
+    with pytest.raises(UsageError, match=r"\.flv or \.ts"):
+        plan.build("ffmpeg", inp, Encoding(copy=True), (SLOT, plan.record_slave("rec.mkv")))
+    argv = plan.build("ffmpeg", inp, Encoding(copy=True), (SLOT, plan.record_slave("rec.ts"))).argv
+    assert "-tag:v" in argv

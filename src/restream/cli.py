@@ -443,7 +443,8 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     input_duration = None
     if inp.kind == "file":
         info = discover.probe_input(ff.path, inp.target)
-        inp = replace(inp, has_audio=info.has_audio, fps=info.fps)
+        inp = replace(inp, has_audio=info.has_audio, fps=info.fps, video_codec=info.video_codec,
+                      audio_codec=info.audio_codec)
         input_duration = None if inp.loop else info.duration
         if enc.copy and (info.video_codec not in (None, "h264") or info.audio_codec not in (None, "aac")):
             warn(f"--copy sends {info.video_codec}/{info.audio_codec} as is; platforms expect h264/aac")
@@ -451,6 +452,7 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         raise UsageError(f"capture device not found: {inp.target[len('v4l2:'):]}")
     if record:
         plan.record_slave(record)  # validates the file type now
+        plan.build(ff.path, inp, enc, (plan.record_slave(record),))  # and that it fits the stream (--copy)
     font = plan.find_font() if inp.kind == "test" else None
     secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else [])
     if dry_run:

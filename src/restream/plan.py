@@ -41,6 +41,8 @@ class Input:
     audio: str | None = None  # capture audio, "alsa:default" or "pulse:default"
     has_audio: bool = True  # files: known from probing; others: assumed, mapped optionally
     fps: float | None = None  # files: known from probing
+    video_codec: str | None = None  # files: known from probing
+    audio_codec: str | None = None
 
     @property
     def live(self) -> bool:
@@ -247,9 +249,26 @@ def stream_maps(inp: Input) -> list[str]:
     return ["-map", "0:v:0", "-map", "0:a:0?"]
 
 
+def flv_tags_needed(inp: Input) -> bool:
+    """--copy from a non-FLV input keeps the input's codec tags (avc1, 0x1b), which FLV slaves refuse."""
+    if inp.kind == "listen" or (inp.kind == "url" and re.match(r"rtmps?://", inp.target or "", re.I)):
+        return False
+    return not (inp.kind == "file" and (inp.target or "").lower().endswith(".flv"))
+
+
+def copy_args(inp: Input) -> list[str]:
+    args = ["-c", "copy"]
+    if flv_tags_needed(inp):
+        if inp.video_codec in (None, "h264"):
+            args += ["-tag:v", "7"]  # FLV's H.264 codec id
+        if inp.audio_codec in (None, "aac"):
+            args += ["-tag:a", "10"]  # FLV's AAC sound format
+    return args
+
+
 def encode_args(inp: Input, enc: Encoding) -> list[str]:
     if enc.copy:
-        return ["-c", "copy"]
+        return copy_args(inp)
     fps = enc.fps or (30 if inp.kind == "test" else inp.fps)
     args: list[str] = []
     filters = []
@@ -275,6 +294,10 @@ def build(ffmpeg: str, inp: Input, enc: Encoding, slaves: tuple[Slave, ...], dur
     """The whole argv: one input, one encode, one tee with an isolated, self-healing slave per output."""
     if not slaves:
         raise UsageError("nothing to send to: no destination selected")
+    if enc.copy and flv_tags_needed(inp) and any(s.name == "record" and s.format not in ("flv", "mpegts")
+                                                 for s in slaves):
+        raise UsageError("--copy from this input can only be recorded as .flv or .ts (the stream keeps FLV codec "
+                         "tags that MP4 and Matroska refuse)")
     argv = [ffmpeg, "-hide_banner", "-loglevel", "level+info", "-progress", "pipe:1", "-stats_period", "0.5",
             "-nostats"]
     argv += input_args(inp, enc, font)
