@@ -450,9 +450,8 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
             warn(f"--copy sends {info.video_codec}/{info.audio_codec} as is; platforms expect h264/aac")
     if inp.kind == "device" and not Path(inp.target[len("v4l2:"):]).exists():
         raise UsageError(f"capture device not found: {inp.target[len('v4l2:'):]}")
-    if record:
-        plan.record_slave(record)  # validates the file type now
-        plan.build(ff.path, inp, enc, (plan.record_slave(record),))  # and that it fits the stream (--copy)
+    if record:  # the file type, and that it fits the stream (--copy), checked before anything starts
+        plan.build(ff.path, inp, enc, (plan.record_slave(record),))
     font = plan.find_font() if inp.kind == "test" else None
     secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else [])
     if dry_run:
@@ -469,37 +468,32 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         return EXIT_OK
 
     redact = Redactor(secrets)
-    snap = status.initial(profile=profile_name, input=redact(_describe_input(inp)),
-                          ffmpeg=f"{ff.path} ({ff.version})", input_duration=input_duration)
-    sinks = [view.make_view(mode, quiet=quiet, status_interval=status_interval)]
-    if log_file:
-        sinks.append(view.LogFile(log_file, status_interval=status_interval))
-    session = None
-    published = [0.0]
-
-    def on_event(e) -> None:
-        nonlocal snap
-        snap = status.reduce(snap, e)
-        for sink in sinks:
-            sink.update(snap, e)
-        if session and (isinstance(e, (events.DestState, events.Started, events.Ended))
-                        or snap.now - published[0] >= 1.0):
-            published[0] = snap.now
-            session.publish(asdict(snap))
-
     watch = None
     if live_changes:
         def reload():
-            fresh = prof.load(profile_name)
             from restream.selection import select
 
-            return _targets(select(fresh, only, skip, allow_empty=True))
+            return _targets(select(prof.load(profile_name), only, skip, allow_empty=True))
 
         watch = (paths.profile_path(profile_name), reload)
 
     from contextlib import nullcontext
 
     with (runtime.broadcast_lock(profile_name, command_name, only, skip) if lock else nullcontext()) as session:
+        snap = status.initial(profile=profile_name, input=redact(_describe_input(inp)),
+                              ffmpeg=f"{ff.path} ({ff.version})", input_duration=input_duration)
+        published = [0.0]
+
+        def on_event(e) -> None:
+            nonlocal snap
+            snap = status.reduce(snap, e)
+            for sink in sinks:
+                sink.update(snap, e)
+            if session and (isinstance(e, (events.DestState, events.Started, events.Ended))
+                            or snap.now - published[0] >= 1.0):
+                published[0] = snap.now
+                session.publish(asdict(snap))
+
         b = runner.Broadcast(ff.path, inp, enc, targets, on_event, profile=profile_name,
                              ffmpeg_label=f"{ff.path} ({ff.version})", record=record, duration=duration, font=font,
                              input_label=redact(_describe_input(inp)), watch=watch, once=once,
@@ -510,6 +504,13 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
 
             b.gate = IngestGate(ingest["host"], ingest["port"], ingest["app"], ingest["key"], ingest["backend"],
                                 b.on_ingest)
+        sinks = []
+        if log_file:
+            try:
+                sinks.append(view.LogFile(log_file, status_interval=status_interval))
+            except OSError as exc:
+                raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
+        sinks.insert(0, view.make_view(mode, quiet=quiet, status_interval=status_interval))
         try:
             code = asyncio.run(b.run())
         finally:
