@@ -391,9 +391,19 @@ def import_cmd(
 # -- broadcasting -------------------------------------------------------------------------------------------------
 
 def _targets(dests) -> list:
+    from urllib.parse import urlsplit
+
     from restream.run import Target
 
-    return [Target(d.name, d.server_url, prof.resolve_key(d), d.ca_file) for d in dests]
+    targets = []
+    for d in dests:
+        key = prof.resolve_key(d)
+        parts = urlsplit(d.server_url)
+        if key is None and d.scheme in ("rtmp", "rtmps") and len([p for p in parts.path.split("/") if p]) < 2:
+            raise UsageError(f"destination {d.name!r} has no stream key (its URL has no stream name either): "
+                             f"restream edit {d.name} --key-stdin")
+        targets.append(Target(d.name, d.server_url, key, d.ca_file))
+    return targets
 
 
 def _output_mode(plain: bool, as_json: bool) -> str:
