@@ -270,6 +270,18 @@ def by_hand_argv(n: int, seconds: int, tmp: Path) -> tuple[list[str], list[Recei
     return argv, recs
 
 
+def run_dry(n: int, seconds: int, tmp: Path) -> Run:
+    """Start-up alone: ``restream go … --dry-run`` (imports, argument parsing, profile, ffmpeg discovery and its
+    probes, the plan), the part of every run that does not depend on its length."""
+    recs = [Receiver(free_port(), f"bench-{i}") for i in range(n)]
+    env = _config(Path(tempfile.mkdtemp(dir=tmp)), recs)
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "restream", "go", *GO, "--duration", f"{seconds}s", "--dry-run"],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code, total = _reap(proc)
+    return Run("restream --dry-run", n, total, time.monotonic() - start, code)
+
+
 def run_by_hand(n: int, seconds: int, tmp: Path) -> Run:
     argv, recs = by_hand_argv(n, seconds, tmp)
     for r in recs:
@@ -295,6 +307,11 @@ def fmt(v, spec=".2f", none="-"):
     return none if v is None else format(v, spec)
 
 
+def cpu_model() -> str:
+    m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    return m.group(1).strip() if m else "?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=20)
@@ -303,7 +320,7 @@ def main() -> None:
     args = ap.parse_args()
     command = "python bench/cpu.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    configs = [("hand", 3), ("live", 3), ("quiet", 3), ("live", 1), ("live", 5)]
+    configs = [("hand", 3), ("live", 3), ("quiet", 3), ("live", 1), ("live", 5), ("dry", 3)]
     load_before = os.getloadavg()
     results: dict[tuple[str, int], list[Run]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="restream-bench-") as tmp:
@@ -311,6 +328,8 @@ def main() -> None:
             for kind, n in configs:
                 if kind == "hand":
                     r = run_by_hand(n, args.seconds, Path(tmp))
+                elif kind == "dry":
+                    r = run_dry(n, args.seconds, Path(tmp))
                 else:
                     r = run_restream(n, args.seconds, kind == "live", Path(tmp))
                 results[(kind, n)].append(r)
@@ -332,6 +351,7 @@ def main() -> None:
         ("restream go --plain --quiet (3 dest)", quiet3, m("quiet", 3, "python"), m("quiet", 3, "ffmpeg"),
          m("quiet", 3, "probes"), m("quiet", 3, "wall")),
         ("same ffmpeg argv by hand, direct (3 dest)", hand3, 0.0, hand3, 0.0, m("hand", 3, "wall")),
+        ("restream go --dry-run: start-up alone (3 dest)", m("dry", 3), None, None, None, m("dry", 3, "wall")),
         ("restream go, live view (1 dest)", live1, m("live", 1, "python"), m("live", 1, "ffmpeg"),
          m("live", 1, "probes"), m("live", 1, "wall")),
         ("restream go, live view (5 dest)", live5, m("live", 5, "python"), m("live", 5, "ffmpeg"),
@@ -341,6 +361,7 @@ def main() -> None:
     extra = live3 - hand3
     view = live3 - quiet3
     relay = quiet3 - hand3
+    startup = m("dry", 3)
     ratio_b = live5 / live1
     py5, py1 = m("live", 5, "python"), m("live", 1, "python")
 
@@ -348,7 +369,7 @@ def main() -> None:
         "# CPU and memory of `restream go` (bench/cpu.py)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {os.cpu_count()} CPUs, {Path('/proc/cpuinfo').read_text().split('model name')[1].split(':')[1].splitlines()[0].strip() if 'model name' in Path('/proc/cpuinfo').read_text() else '?'}; "
+        f"Machine: {os.cpu_count()} CPUs, {cpu_model()}; "
         f"load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load_before)} before, "
         f"{' '.join(f'{x:.2f}' for x in load_after)} after (the machine is shared: other runs add noise).  ",
         f"Input: test pattern 1280x720 @ 30 fps, libx264 veryfast 4500k + AAC 160k, `-re`, {args.seconds} s; "
@@ -364,12 +385,17 @@ def main() -> None:
         f"| (a) restream (live view) / ffmpeg by hand, 3 destinations | **{ratio_a:.3f}x** | <= 1.05x |",
         f"| &nbsp;&nbsp;of restream's extra {extra:.2f} s: relay + engine + start-up (no-view run - by hand) "
         f"| {relay:.2f} s ({relay / hand3 * 100:.1f} %) | |",
+        f"| &nbsp;&nbsp;&nbsp;&nbsp;of which start-up (dry run: imports, discovery probes, plan; once per run) "
+        f"| {startup:.2f} s | |",
         f"| &nbsp;&nbsp;of restream's extra: the live view (live - no-view run) | {view:.2f} s "
         f"({view / hand3 * 100:.1f} %) | |",
+        f"| (a') 1 + (Python + probes of the live-view run) / ffmpeg by hand: the ratio if both ffmpegs had used "
+        f"the same CPU (ffmpeg's own CPU varies more than that between identical runs on this shared machine) "
+        f"| {1 + ((m('live', 3, 'python') or 0) + (m('live', 3, 'probes') or 0)) / hand3:.3f}x | <= 1.05x |",
         f"| (b) 5 destinations / 1 destination (both restream, live view) | **{ratio_b:.3f}x** | <= 1.10x |",
         f"| &nbsp;&nbsp;Python process, 1 -> 5 destinations | {fmt(py1)} s -> {fmt(py5)} s | |",
-        f"| (c) peak RSS of the restream Python process (VmHWM, max over runs) | **{fmt(hwm and hwm / 1024, '.1f')} MB** "
-        f"| <= 60 MB |",
+        f"| (c) peak RSS of the restream Python process (VmHWM, max over runs) "
+        f"| **{fmt(hwm and hwm / 1024, '.1f')} MB** | <= 60 MB |",
         "",
         "How to read it: *tree CPU* is user+sys of the process started and all it reaped (`os.wait4`). *Python* is "
         "the restream process itself (CLI start-up, slot relay forwarding every byte, parsing, reducer, view); "
