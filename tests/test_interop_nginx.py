@@ -75,8 +75,14 @@ def test_five_apps_rtmp_and_rtmps_exact_keys(ngx, procs, cli):
         assert (row["video_codec"], row["audio_codec"]) == ("H264", "AAC"), (app, row)
         assert (row["width"], row["height"]) == (320, 180), (app, row)
         assert row["sample_rate"] == 48000 and row["channels"] == 2, (app, row)
-    wait_for(lambda: all((ngx.stat()[a][_head(KEYS[a])]["bytes_in"] or 0) > 20_000 for a in APPS), 10,
-             what="bytes_in grows on every app")
+    def bytes_in() -> dict[str, int]:
+        stat = ngx.stat()
+        return {a: (stat.get(a, {}).get(_head(KEYS[a])) or {}).get("bytes_in") or 0 for a in APPS}
+
+    try:
+        wait_for(lambda: min(bytes_in().values()) > 20_000, 10, what="bytes_in to grow on every app")
+    except TimeoutError:
+        raise AssertionError(f"bytes_in did not grow on every app: {bytes_in()}") from None
 
     assert go.wait(45) == 0, go.stderr
     end = go.events[-1]
