@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from rich.console import Console
@@ -330,7 +331,11 @@ def test_live_close_leaves_a_summary_and_problems_go_to_err():
         assert name in tail
     assert "stopped" in tail and "retrying" in tail and "reconnects" in tail and "00:00:32" in tail
     assert "duration reached, exit 0" in tail
-    assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]  # Live stopped
+    # Live stopped: Rich's stop() signals its refresh thread without joining it, so give the thread a moment to end
+    deadline = time.monotonic() + 3
+    while [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
     problems = err.getvalue().splitlines()
     assert problems == [
         f"2027-01-15T08:00:01Z facebook: retrying (Connection refused {MARK})",
