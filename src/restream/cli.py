@@ -100,6 +100,19 @@ ProfileOpt = Annotated[str, typer.Option("--profile", "-p", envvar="RESTREAM_PRO
 ShowKeys = Annotated[bool, typer.Option("--show-keys", help="Print stream keys in full (they are masked otherwise).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
+# Options shared by the broadcasting commands (go, relay, demo).
+OnlyOpt = Annotated[Optional[str], typer.Option("--only", metavar="A,B", help="Only these destinations.")]
+SkipOpt = Annotated[Optional[str], typer.Option("--skip", metavar="A,B", help="All enabled but these.")]
+FfmpegOpt = Annotated[Optional[str],
+    typer.Option("--ffmpeg", metavar="PATH", help="ffmpeg to use (env RESTREAM_FFMPEG).")]
+PlainOpt = Annotated[bool, typer.Option("--plain", help="Plain log lines instead of the live view.")]
+JsonEventsOpt = Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")]
+StatusIntervalOpt = Annotated[float,
+    typer.Option("--status-interval", metavar="SECONDS", help="Seconds between progress lines.")]
+LogFileOpt = Annotated[Optional[Path],
+    typer.Option("--log-file", help="Append the redacted ffmpeg log and state changes here.")]
+
 
 def _profile_name(name: str) -> str:
     return prof.validate_profile_name(name)
@@ -548,8 +561,8 @@ def go_cmd(
     test_pattern: Annotated[bool, typer.Option("--test-pattern", help="Send a test card with a clock and a tone.")] = False,
     loop: Annotated[bool, typer.Option("--loop", help="Repeat a media file forever.")] = False,
     audio: Annotated[Optional[str], typer.Option("--audio", help="Capture audio for a device: alsa:DEV or pulse:DEV.")] = None,
-    only: Annotated[Optional[str], typer.Option("--only", metavar="A,B", help="Only these destinations.")] = None,
-    skip: Annotated[Optional[str], typer.Option("--skip", metavar="A,B", help="All enabled but these.")] = None,
+    only: OnlyOpt = None,
+    skip: SkipOpt = None,
     record: Annotated[Optional[str], typer.Option("--record", metavar="FILE", help="Also record locally (.mkv .mp4 .flv .ts).")] = None,
     duration: Annotated[Optional[str], typer.Option("--duration", metavar="90s|30m|2h", help="Stop cleanly after this long.")] = None,
     video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="Video bitrate (CBR).")] = "4500k",
@@ -557,14 +570,14 @@ def go_cmd(
     size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Scale to this size.")] = None,
     fps: Annotated[Optional[str], typer.Option("--fps", help="Convert to this frame rate.")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="Send the input's streams as they are (no encode).")] = False,
-    ffmpeg: Annotated[Optional[str], typer.Option("--ffmpeg", metavar="PATH", help="ffmpeg to use (env RESTREAM_FFMPEG).")] = None,
+    ffmpeg: FfmpegOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the ffmpeg command (keys masked) and exit.")] = False,
     show_keys: ShowKeys = False,
-    plain: Annotated[bool, typer.Option("--plain", help="Plain log lines instead of the live view.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")] = False,
-    status_interval: Annotated[float, typer.Option("--status-interval", metavar="SECONDS", help="Seconds between progress lines.")] = 10.0,
-    log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append the redacted ffmpeg log and state changes here.")] = None,
+    plain: PlainOpt = False,
+    as_json: JsonEventsOpt = False,
+    quiet: QuietOpt = False,
+    status_interval: StatusIntervalOpt = 10.0,
+    log_file: LogFileOpt = None,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
     """Go live: encode once, send to every enabled destination (at most five)."""
@@ -595,8 +608,8 @@ def go_cmd(
 def demo_cmd(
     seconds: Annotated[float, typer.Option("--seconds", help="How long to broadcast.")] = 15.0,
     size: Annotated[str, typer.Option("--size", metavar="WxH", help="Test pattern size.")] = "1280x720",
-    plain: Annotated[bool, typer.Option("--plain", help="Plain log lines instead of the live view.")] = False,
-    ffmpeg: Annotated[Optional[str], typer.Option("--ffmpeg", metavar="PATH", help="ffmpeg to use (env RESTREAM_FFMPEG).")] = None,
+    plain: PlainOpt = False,
+    ffmpeg: FfmpegOpt = None,
 ) -> None:
     """Try restream locally: three stand-in platforms on this machine, a test pattern, a verdict.
 
@@ -651,17 +664,17 @@ def relay_cmd(
     public: Annotated[bool, typer.Option("--public", help="Allow listening on a non-loopback address.")] = False,
     once: Annotated[bool, typer.Option("--once", help="End when the first publisher disconnects.")] = False,
     transcode: Annotated[bool, typer.Option("--transcode", help="Encode once (as go does) instead of copying.")] = False,
-    only: Annotated[Optional[str], typer.Option("--only", metavar="A,B", help="Only these destinations.")] = None,
-    skip: Annotated[Optional[str], typer.Option("--skip", metavar="A,B", help="All enabled but these.")] = None,
+    only: OnlyOpt = None,
+    skip: SkipOpt = None,
     video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="With --transcode: video bitrate.")] = "4500k",
     audio_bitrate: Annotated[str, typer.Option("--audio-bitrate", help="With --transcode: AAC bitrate.")] = "160k",
     record: Annotated[Optional[str], typer.Option("--record", metavar="FILE", help="Also record locally.")] = None,
-    ffmpeg: Annotated[Optional[str], typer.Option("--ffmpeg", metavar="PATH", help="ffmpeg to use (env RESTREAM_FFMPEG).")] = None,
-    plain: Annotated[bool, typer.Option("--plain", help="Plain log lines instead of the live view.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON event per line on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")] = False,
-    status_interval: Annotated[float, typer.Option("--status-interval", metavar="SECONDS", help="Seconds between progress lines.")] = 10.0,
-    log_file: Annotated[Optional[Path], typer.Option("--log-file", help="Append the redacted ffmpeg log and state changes here.")] = None,
+    ffmpeg: FfmpegOpt = None,
+    plain: PlainOpt = False,
+    as_json: JsonEventsOpt = False,
+    quiet: QuietOpt = False,
+    status_interval: StatusIntervalOpt = 10.0,
+    log_file: LogFileOpt = None,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
     """Relay: a local ingest for OBS or a hardware encoder, fanned out without re-encoding.
