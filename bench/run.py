@@ -1,0 +1,567 @@
+"""Regenerate docs/benchmarks.md: run every bench script in turn, collect their side-by-side ratios, write one table.
+
+Usage:  python bench/run.py [--skip-slow] [--skip-soak] [--only NAME] [--soak-json FILE] [--out docs/benchmarks.md]
+
+Benches (NAME), each measured side by side in one run of its own:
+
+* ``list``       bench/bench_list.py: `restream list` wall time vs a bare `python -c pass`, interleaved.
+* ``cpu``        bench/cpu.py (slow): whole-tree CPU of `restream go` vs the same ffmpeg argv by hand; 5 vs 1
+                 destinations; peak RSS of the Python process.
+* ``relay_cpu``  bench/relay_cpu.py (slow): the slot relay's CPU vs the ffmpeg feeding it (5 slots x 6 Mbit/s).
+* ``relay_vs_transcode``  bench/relay_vs_transcode.py (slow), when it exists.
+* ``faults``     measured here (``measure_faults``): `restream go` and the same ffmpeg argv by hand run at the same
+                 time, each to 4 loopback receivers (a, b, c direct; f behind tests/faultproxy.py's FaultProxy).
+                 c's receiver is killed and restarted 3 times on both sides at once: reconnect time = new receiver
+                 listening -> it has media (its log shows the input); then both proxies pause f for 20 s: a and b's
+                 delivery during the pause / the pause's wall time; and peak RSS of restream's Python process vs
+                 its ffmpeg.
+* ``soak``       bench/soak.py --minutes 30 (slow; skipped with --skip-soak): its figures are read from --soak-json
+                 (default: the newest restream-soak-*.json in the temp directory), and it draws docs/soak.png.
+
+A bench not run this time (``--skip-slow``, ``--only``, a failure) keeps its previous figures, taken from the JSON
+embedded at the end of docs/benchmarks.md, with their own date. The scripts that print a table are parsed (they
+do not write JSON); ``faults`` and the soak give JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
+
+DOC = ROOT / "docs" / "benchmarks.md"
+PNG = ROOT / "docs" / "soak.png"
+MARK = "<!-- bench-results (bench/run.py keeps figures of benches not re-run here)"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run_script(argv: list[str], timeout: float) -> str:
+    print(f"$ {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
+    r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    sys.stderr.write(r.stderr[-3000:])
+    print(r.stdout, file=sys.stderr, flush=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {r.returncode}: {r.stderr.strip()[-500:]}")
+    return r.stdout
+
+
+def row(what: str, ratio: float | None, detail: str, target: str = "", met: bool | None = None) -> dict:
+    return {"what": what, "ratio": ratio, "detail": detail, "target": target, "met": met}
+
+
+# -- list ---------------------------------------------------------------------------------------------------------
+
+def bench_list(fast: bool) -> dict:
+    argv = ["bench/bench_list.py", "30"]
+    return {"command": "python " + " ".join(argv), "rows": parse_list(run_script(argv, 600))}
+
+
+def parse_list(out: str) -> list[dict]:
+    m = re.search(r"median (\d+) ms, p90 (\d+) ms \| python -c pass: median (\d+) ms, p90 (\d+) ms \| ratio ([\d.]+)x",
+                  out)
+    if not m:
+        raise RuntimeError(f"cannot read bench_list output: {out!r}")
+    med, p90, bmed, bp90, ratio = (float(g) for g in m.groups())
+    return [
+        row("`restream list` (5 destinations) vs bare `python -c pass`, interleaved", med / bmed,
+            f"median {med:.0f} ms (p90 {p90:.0f}) vs {bmed:.0f} ms (p90 {bp90:.0f})", "list median <= 150 ms",
+            med <= 150)]
+
+
+# -- cpu ----------------------------------------------------------------------------------------------------------
+
+def bench_cpu(fast: bool) -> dict:
+    argv = ["bench/cpu.py", "--seconds", "20", "--rounds", "2"]
+    return {"command": "python " + " ".join(argv), "rows": parse_cpu(run_script(argv, 1800))}
+
+
+def parse_cpu(out: str) -> list[dict]:
+    def check(tag: str) -> tuple[str, str]:
+        m = re.search(rf"^\| \({re.escape(tag)}\) (.+?) \| (.+?) \| (.*?) \|$", out, re.M)
+        if not m:
+            raise RuntimeError(f"cannot find row ({tag}) in bench/cpu.py output")
+        return m.group(2).replace("*", "").strip(), m.group(3).strip()
+
+    def run_row(label: str) -> list[str]:
+        m = re.search(rf"^\| {re.escape(label)} \| (.+) \|$", out, re.M)
+        return [c.strip() for c in m.group(1).split("|")] if m else []
+
+    a, a_t = check("a")
+    a2, _ = check("a'")
+    b, b_t = check("b")
+    c, c_t = check("c")
+    live3, hand3 = run_row("restream go, live view on a pty (3 dest)"), run_row("same ffmpeg argv by hand, direct (3 dest)")
+    live1, live5 = run_row("restream go, live view (1 dest)"), run_row("restream go, live view (5 dest)")
+    ra, rb = float(a.rstrip("x")), float(b.rstrip("x"))
+    ra2 = float(a2.rstrip("x"))
+    return [
+        row("CPU: `restream go` (live view) vs the same ffmpeg argv by hand, 3 destinations, whole process tree",
+            ra, f"{live3[0] if live3 else '?'} s vs {hand3[0] if hand3 else '?'} s (20 s, 720p30, mean of 2 rounds); "
+            f"restream's own part (Python + probes) alone: {ra2:.3f}x", a_t, ra <= 1.05),
+        row("CPU: 5 destinations vs 1 destination (restream go, live view), whole tree", rb,
+            f"{live5[0] if live5 else '?'} s vs {live1[0] if live1 else '?'} s (Python {live5[1] if live5 else '?'} s "
+            f"vs {live1[1] if live1 else '?'} s)", b_t, rb <= 1.10),
+        row("peak RSS of the restream Python process (VmHWM, max over the cpu.py runs)", None, c, c_t,
+            float(c.split()[0]) <= 60 if c.split()[0].replace(".", "").isdigit() else None),
+    ]
+
+
+# -- relay_cpu ----------------------------------------------------------------------------------------------------
+
+def bench_relay_cpu(fast: bool) -> dict:
+    argv = ["bench/relay_cpu.py", "--seconds", "15"]
+    return {"command": "python " + " ".join(argv), "rows": parse_relay_cpu(run_script(argv, 900))}
+
+
+def parse_relay_cpu(out: str) -> list[dict]:
+    rows = []
+    found = {}
+    for line in out.splitlines():
+        m = re.match(r"^(new|old|pipe)\s+(ffmpeg -listen \(128 B\)|asyncio sink \(4096 B\))\s+([\d.]+)\s+([\d.]+)\s+"
+                     r"([\d.]+)%\s+([\d.]+)%", line)
+        if m:
+            found[(m.group(1), m.group(2))] = tuple(float(x) for x in m.groups()[2:])
+    for (relay, sink), (rc, fc, pct, core) in found.items():
+        if relay != "new":
+            continue
+        pipe = found.get(("pipe", sink))
+        rows.append(row(f"slot relay CPU vs the ffmpeg feeding it, 5 slots x 6 Mbit/s, sinks: {sink}", pct / 100,
+                        f"{rc:.2f} s vs {fc:.2f} s ({core:.1f} % of a core)"
+                        + (f"; a plain asyncio byte pipe: {pipe[2]:.1f} %" if pipe else "")))
+    if not rows:
+        raise RuntimeError(f"cannot read bench/relay_cpu.py output: {out[-500:]!r}")
+    return rows
+
+
+# -- relay_vs_transcode (a colleague's script; read whatever ratio lines it prints) --------------------------------
+
+def bench_relay_vs_transcode(fast: bool) -> dict:
+    script = HERE / "relay_vs_transcode.py"
+    if not script.exists():
+        raise FileNotFoundError("bench/relay_vs_transcode.py does not exist yet")
+    argv = ["bench/relay_vs_transcode.py"]
+    out = run_script(argv, 1800)
+    rows = []
+    for line in out.splitlines():  # any line that states a ratio: "... 0.12x ..." or "ratio 0.12"
+        m = re.search(r"(?:ratio\s*[:=]?\s*|\*\*)([\d.]+)x?\**|\b([\d.]+)x\b", line, re.I)
+        if m and ("ratio" in line.lower() or "x" in line) and "|---" not in line:
+            value = float(m.group(1) or m.group(2))
+            rows.append(row("relay vs transcode: " + re.sub(r"\s+", " ", line.strip(" |"))[:160], value, ""))
+    if not rows:
+        raise RuntimeError(f"no ratio found in bench/relay_vs_transcode.py output: {out[-500:]!r}")
+    return {"command": "python " + " ".join(argv), "rows": rows}
+
+
+# -- faults: reconnect time and others' delivery while one is paused, restream vs ffmpeg by hand -----------------
+
+FAULT_GO = ["--test-pattern", "--size", "640x360", "--fps", "30", "--video-bitrate", "1500k"]
+
+
+def measure_faults(fast: bool, kills: int = 5, pause_s: float = 20.0) -> dict:
+    import shutil
+
+    from faultproxy import FaultProxy
+    from soak import SoakReceiver, _port_state, _status_kb, _ts, media_duration
+    from support import free_port
+
+    from restream import plan
+
+    seconds = 20 + kills * 12 + pause_s + 15
+    tmp = Path(tempfile.mkdtemp(prefix="restream-bench-faults-"))
+    sides = ("restream", "hand")
+    names = ("a", "b", "c", "f")
+    recs: dict[str, dict[str, SoakReceiver]] = {s: {} for s in sides}
+    files: dict[str, dict[str, list[Path]]] = {s: {n: [] for n in names} for s in sides}
+    ports = {s: {n: free_port() for n in names} for s in sides}
+    proxies = {s: FaultProxy(ports[s]["f"]).start() for s in sides}
+    every: list[SoakReceiver] = []
+    go = hand = None
+    go_events: list[dict] = []
+
+    def start(side: str, n: str) -> float:
+        out = tmp / f"{side}-{n}-{len(files[side][n])}.flv"
+        r = SoakReceiver(ports[side][n], out, key=f"key-{n}")
+        files[side][n].append(out)
+        every.append(r)
+        r.start()
+        recs[side][n] = r
+        return time.time()
+
+    def url(side: str, n: str) -> str:
+        port = proxies[side].port if n == "f" else ports[side][n]
+        return f"rtmp://127.0.0.1:{port}/live"
+
+    def config(side: str) -> dict[str, str]:
+        env = {**os.environ, "RESTREAM_CONFIG_DIR": str(tmp / f"config-{side}"), "NO_COLOR": "1"}
+        env.pop("RESTREAM_PROFILE", None)
+        for n in names:
+            subprocess.run([sys.executable, "-m", "restream", "add", n, "--url", url(side, n), "--key-stdin"],
+                           input=f"key-{n}\n", text=True, env=env, check=True, capture_output=True)
+        return env
+
+    def has_media(r: SoakReceiver) -> bool:
+        return "Input #0" in r.log_text()
+
+    try:
+        for s in sides:
+            for n in names:
+                start(s, n)
+        env_go, env_hand = config("restream"), config("hand")
+        # by hand: restream's own dry-run argv, each relay slot replaced by the destination's URL (spare slots dropped)
+        dry = subprocess.run([sys.executable, "-m", "restream", "go", *FAULT_GO, "--duration", f"{seconds:.0f}s",
+                              "--dry-run", "--show-keys"], env=env_hand, check=True, capture_output=True,
+                             text=True).stdout
+        argv = shlex.split(dry.strip().splitlines()[-1])
+        slaves = re.split(r"(?<!\\)\|", argv[-1])
+        argv[-1] = "|".join(f"{slaves[i].split(']', 1)[0]}]{plan.tee_escape(url('hand', n) + '/key-' + n)}"
+                            for i, n in enumerate(names))
+        go = subprocess.Popen([sys.executable, "-m", "restream", "go", *FAULT_GO, "--duration", f"{seconds:.0f}s",
+                               "--json"], env=env_go, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+        hand = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        t0 = time.time()
+
+        def read() -> None:
+            for raw in go.stdout:
+                try:
+                    go_events.append(json.loads(raw))
+                except ValueError:
+                    pass
+
+        threading.Thread(target=read, daemon=True).start()
+        hwm = {"python": 0, "ffmpeg": 0, "hand": 0}
+
+        def sample_rss() -> None:
+            while go.poll() is None:
+                hwm["python"] = max(hwm["python"], _status_kb(go.pid, "VmHWM") or 0)
+                for e in go_events[:3]:
+                    if e.get("event") == "start":
+                        hwm["ffmpeg"] = max(hwm["ffmpeg"], _status_kb(e["pid"], "VmHWM") or 0)
+                hwm["hand"] = max(hwm["hand"], _status_kb(hand.pid, "VmHWM") or 0)
+                time.sleep(0.5)
+
+        threading.Thread(target=sample_rss, daemon=True).start()
+
+        def wait(pred, timeout: float, what: str):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                v = pred()
+                if v:
+                    return v
+                time.sleep(0.005)
+            raise TimeoutError(what)
+
+        wait(lambda: all(has_media(recs[s][n]) for s in sides for n in names), 30, "every receiver has media")
+        reconnects = []
+        for k in range(kills):
+            time.sleep(6)
+            for s in sides:
+                recs[s]["c"].kill()
+            killed = time.time()
+            time.sleep(5 + k + random.random())  # a random phase against both sides' 1 s retry period
+            listen = {s: start(s, "c") for s in sides}
+            got = {}
+            deadline = time.monotonic() + 20
+            while len(got) < 4 and time.monotonic() < deadline:
+                for s in sides:
+                    if (s, "tcp") not in got and _port_state(ports[s]["c"]) == "accepted":
+                        got[(s, "tcp")] = time.time()
+                    if (s, "media") not in got and has_media(recs[s]["c"]):
+                        got[(s, "media")] = time.time()
+                time.sleep(0.002)
+            live = next((_ts(e) for e in list(go_events) if e.get("event") == "state" and e["destination"] == "c"
+                         and e["state"] == "live" and _ts(e) > killed), None)
+            reconnects.append({s: {"accepted": got.get((s, "tcp"), float("nan")) - listen[s],
+                                   "media": got.get((s, "media"), float("nan")) - listen[s]} for s in sides})
+            reconnects[-1]["restream"]["live_event"] = (live - listen["restream"]) if live else None
+            print(f"faults: kill {k + 1}: " + ", ".join(f"{s} accepted {reconnects[-1][s]['accepted']:.2f} s, media "
+                                                        f"{reconnects[-1][s]['media']:.2f} s" for s in sides),
+                  file=sys.stderr, flush=True)
+        time.sleep(5)
+        sizes0 = {s: {n: files[s][n][-1].stat().st_size for n in names} for s in sides}
+        for s in sides:
+            proxies[s].pause()
+        p0 = time.time()
+        frozen = {s: proxies[s].bytes_forwarded for s in sides}
+        time.sleep(pause_s)
+        sizes1 = {s: {n: files[s][n][-1].stat().st_size for n in names} for s in sides}
+        p1 = time.time()
+        leaked = {s: proxies[s].bytes_forwarded - frozen[s] for s in sides}
+        for s in sides:
+            proxies[s].resume()
+        resumed = time.time()
+        go.wait(seconds + 60)
+        hand.wait(60)
+        t_end = time.time()
+        go_code, hand_code = go.returncode, hand.returncode
+        time.sleep(1)
+    finally:
+        for p in (go, hand):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, 9)
+                p.wait()
+        for r in every:
+            if r.proc is not None and r.proc.poll() is None:
+                try:
+                    r.proc.wait(8)
+                except subprocess.TimeoutExpired:
+                    r.stop()
+            r.kill()
+        for p in proxies.values():
+            p.stop()
+
+    dur = {f: media_duration(f) for s in sides for n in names for f in files[s][n]}
+    final = {f: f.stat().st_size if f.exists() else 0 for f in dur}
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def window(s: str, n: str) -> float:
+        f = files[s][n][-1]
+        size = final[f]
+        return (sizes1[s][n] - sizes0[s][n]) * (dur[f] / size) / (p1 - p0) if size else float("nan")
+
+    others = {s: statistics.fmean(window(s, n) for n in ("a", "b")) for s in sides}
+    f_states = [(e["state"], e.get("error")) for e in go_events if e.get("event") == "state"
+                and e["destination"] == "f" and p0 <= _ts(e)]
+    end = next((e for e in go_events if e.get("event") == "end"), {})
+    f_share = {s: sum(dur[f] for f in files[s]["f"]) / sum(dur[f] for f in files[s]["a"]) for s in sides}
+    stayed = " (reported live throughout the stall)" if not any(st != "stopped" for st, _ in f_states) else ""
+    med = {s: statistics.median(r[s]["media"] for r in reconnects) for s in sides}
+    med_tcp = {s: statistics.median(r[s]["accepted"] for r in reconnects) for s in sides}
+    lives = [r["restream"]["live_event"] for r in reconnects if r["restream"].get("live_event") is not None]
+    ratio_rss = hwm["python"] / hwm["ffmpeg"] if hwm["ffmpeg"] else None
+    cmd = "python bench/run.py --only faults"
+    result = {"command": cmd, "exit_codes": {"restream": go_code, "hand": hand_code}, "reconnects": reconnects,
+              "pause": {"seconds": p1 - p0, "others_restream": others["restream"], "others_hand": others["hand"],
+                        "proxy_leaked_bytes": leaked, "f_states_after_pause": f_states,
+                        "f_final": (end.get("destinations") or {}).get("f"),
+                        "f_window": {s: window(s, "f") for s in sides}},
+              "hwm_kb": hwm, "rows": [
+        row(f"reconnect time after a receiver returns (listening -> receiving media), restream vs the same "
+            f"ffmpeg argv by hand, both at once, median of {kills}", med["restream"] / med["hand"],
+            f"{med['restream']:.2f} s vs {med['hand']:.2f} s (TCP accept {med_tcp['restream']:.2f} s vs "
+            f"{med_tcp['hand']:.2f} s; restream's `live` event {statistics.median(lives):.2f} s after listening)"
+            if lives else f"{med['restream']:.2f} s vs {med['hand']:.2f} s", "", None),
+        row(f"others' delivery while one destination is paused {pause_s:.0f} s (proxy stops forwarding): "
+            f"received seconds / wall seconds of a and b during the pause, restream", others["restream"],
+            f"by hand, same argv, same pause: {others['hand']:.3f}; f itself received {f_share['restream']:.3f} "
+            f"(by hand {f_share['hand']:.3f}) of what a received over the run; restream's states for f from the "
+            f"pause on: {', '.join(s for s, _ in f_states) or 'none'}{stayed}; exit codes {go_code}/{hand_code}",
+            ">= 0.98", others["restream"] >= 0.98),
+        row("peak RSS (VmHWM): restream's Python process vs its ffmpeg, 640x360 30 fps, 4 destinations",
+            ratio_rss, f"{hwm['python'] / 1024:.1f} MB vs {hwm['ffmpeg'] / 1024:.1f} MB (ffmpeg by hand "
+            f"{hwm['hand'] / 1024:.1f} MB)", "Python <= 60 MB", hwm["python"] / 1024 <= 60),
+    ]}
+    return result
+
+
+# -- soak ---------------------------------------------------------------------------------------------------------
+
+def newest_soak() -> Path | None:
+    found = sorted(Path(tempfile.gettempdir()).glob("restream-soak-*.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def soak_figures(path: Path) -> dict:
+    import soak
+
+    r = json.loads(path.read_text())
+    try:
+        soak.plot(r, PNG)
+        png = PNG.name
+    except ImportError:
+        png = None
+        print("soak plot skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+    d = r["destinations"]
+    return {"command": r["command"], "date": r["date"], "minutes": r["minutes"], "go": " ".join(r["go_argv"]),
+            "faults": len(r["faults"]), "interval": r["fault_interval_s"], "exit_code": r["exit_code"],
+            "reason": (r.get("end") or {}).get("reason"), "ffmpeg_restarts": r["ffmpeg_restarts"],
+            "ffmpeg_pids": r["ffmpeg_pids"], "reconnect": r["reconnect_s"], "rss": r["rss_mb"],
+            "machine": r["machine"], "all_files_decode": r["all_files_decode"],
+            "files": r.get("files"), "files_decode_whole": r.get("files_decode_whole"),
+            "files_torn_tail_only": r.get("files_torn_tail_only"), "png": png,
+            "destinations": {n: {k: v[k] for k in ("delivered_s", "wall_s", "planned_down_s", "expected_s", "ratio",
+                                                   "faults", "reconnects_reported")} for n, v in d.items()}}
+
+
+# -- the document -------------------------------------------------------------------------------------------------
+
+BENCHES = [  # name, function, slow; in the order of the table
+    ("cpu", bench_cpu, True),
+    ("relay_vs_transcode", bench_relay_vs_transcode, True),
+    ("relay_cpu", bench_relay_cpu, True),
+    ("faults", measure_faults, False),
+    ("list", bench_list, False),
+]
+
+
+def previous() -> dict:
+    try:
+        text = DOC.read_text()
+    except OSError:
+        return {}
+    m = re.search(re.escape(MARK) + r"\n(.*?)\n-->", text, re.S)
+    return json.loads(m.group(1)) if m else {}
+
+
+def fmt_ratio(v) -> str:
+    return "-" if v is None else f"**{v:.3f}**" if v < 2 else f"**{v:.1f}**"
+
+
+def render(results: dict, soak: dict | None) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python bench/run.py` (every figure below; `--only NAME` re-runs one bench, `--skip-slow` the "
+        "quick ones only, keeping the others' previous figures with their date). Everything runs on loopback on one "
+        "machine: ffmpeg `-listen 1` receivers, a throwaway config directory, restream's test pattern. Each ratio is "
+        "two figures measured side by side in one run of the command next to it (interleaved, or at the same time), "
+        "so machine load affects both; the load average is shown because this machine is shared with other work.",
+        "",
+        "| measured | ratio | the two figures | target | met | command (date, load 1/5/15 min before) |",
+        "|---|---:|---|---|:-:|---|",
+    ]
+    for name, _, _ in BENCHES:
+        res = results.get(name)
+        if res is None:
+            continue
+        if "error" in res and not res.get("rows"):
+            lines.append(f"| {name} | - | not measured: {res['error']} | | | |")
+            continue
+        for r in res["rows"]:
+            met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+            lines.append(f"| {r['what']} | {fmt_ratio(r['ratio'])} | {r['detail']} | {r['target']} | {met} "
+                         f"| `{res['command']}` ({res['date']}, load {res['load']}) |")
+    if soak:
+        s = soak
+        rs, rc, m = s["rss"], s["reconnect"], s["machine"]
+        ratios = [d["ratio"] for d in s["destinations"].values()]
+        per = ", ".join(f"{n} {d['ratio']:.4f}" for n, d in s["destinations"].items())
+        faulted = [d["ratio"] for d in s["destinations"].values() if d["faults"]]
+        lines.append(f"| soak: delivered / expected per destination, {s['minutes']:g} min, {s['faults']} receiver "
+                     f"kills | **{min(ratios):.4f}** (min) | {per} "
+                     f"| ≈ 1 | {'yes' if min(ratios) >= 0.98 else '**no**'} | `{s['command']}` ({s['date']}) |")
+        if rs.get("after_1min") and rs.get("last"):
+            lines.append(f"| soak: Python RSS at the end vs after 1 minute | **{rs['last'] / rs['after_1min']:.3f}** "
+                         f"| {rs['last']} MB vs {rs['after_1min']} MB (max {rs['max']} MB, VmHWM {rs['hwm']} MB, "
+                         f"trend {rs['slope_mb_per_hour']} MB/h) | no growth, <= 60 MB | "
+                         f"{'yes' if rs['hwm'] <= 60 and rs['last'] / rs['after_1min'] <= 1.1 else '**no**'} "
+                         f"| `{s['command']}` ({s['date']}) |")
+        lines += [
+            "",
+            f"## Soak: {s['minutes']:g} minutes, {s['date']}",
+            "",
+            f"`{s['command']}` ran `{s['go']}` (it stops by itself) to 5 loopback receivers d0..d4, and every "
+            f"{s['interval']:.0f} s killed the next receiver in turn (SIGKILL), waited 5-10 s and started a new one on "
+            f"the same port. Machine: {m['cpus']} CPUs, load average (1 min) {m['load_1min_mean']} mean, "
+            f"{m['load_1min_max']} max during the soak (others' test suites were running on the same machine).",
+            "",
+            "| destination | kills | delivered s | wall s | planned downtime s | expected s | delivered / expected "
+            "| reconnects reported |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            *[f"| {n} | {d['faults']} | {d['delivered_s']:.1f} | {d['wall_s']:.1f} | {d['planned_down_s']:.1f} "
+              f"| {d['expected_s']:.1f} | {d['ratio']:.4f} | {d['reconnects_reported']} |"
+              for n, d in s["destinations"].items()],
+            "",
+            "*delivered* is the sum of the decoded durations (first to last video packet) of every file its receivers "
+            "wrote; *wall* runs from restream's first `live` event for it to restream's `end` event; *planned "
+            "downtime* sums, over its kills, kill -> new receiver listening; *expected* = wall - planned downtime. "
+            "A destination never killed can exceed 1 by a fraction of a second: ffmpeg's `-re` sends a short initial "
+            "burst, so the stream time runs slightly ahead of the wall clock from the first `live` event.",
+            "",
+            f"* reconnect time, new receiver listening -> restream's `live` event: median **{rc['median']:.2f} s**, "
+            f"max {rc['max']:.2f} s over {rc['n']} kills ({', '.join(f'{x:.2f}' for x in rc['all'])}).",
+            f"* ffmpeg restarts: **{s['ffmpeg_restarts']}** (broadcasting ffmpeg PIDs seen among restream's children, "
+            f"sampled every second: {s['ffmpeg_pids']}).",
+            f"* Python RSS (VmRSS every 10 s): {rs['after_1min']} MB after 1 minute, {rs['max']} MB max, "
+            f"{rs['last']} MB at the end; VmHWM {rs['hwm']} MB; linear trend after the first minute "
+            f"{rs['slope_mb_per_hour']} MB/hour.",
+            f"* exit code **{s['exit_code']}** ({s['reason']}); every receiver file decodes: {s['all_files_decode']} "
+            f"({s['files_decode_whole']}/{s['files']} whole; {s['files_torn_tail_only']} files of killed receivers "
+            f"decode up to their last second, a SIGKILLed receiver leaving a torn last packet).",
+            "",
+        ]
+        if s.get("png"):
+            lines += [f"![delivered seconds per destination during the soak]({s['png']})", "",
+                      "Top: seconds delivered per destination (receiver file sizes every 10 s, converted with each "
+                      "file's own duration/size). Middle: delivered minus wall time since its first `live`: each "
+                      "kill is a step down of its downtime plus the reconnect. Red: kill, green dashed: new receiver "
+                      "listening. Bottom: the Python process's RSS.", ""]
+    store = {"results": results, "soak": soak}
+    lines += [MARK, json.dumps(store, indent=None, sort_keys=True), "-->", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--skip-slow", action="store_true", help="run only the quick benches (list, faults)")
+    ap.add_argument("--skip-soak", action="store_true", help="do not run the 30-minute soak: read its JSON")
+    ap.add_argument("--only", metavar="NAME", help="run only this bench: " + ", ".join(
+        [n for n, _, _ in BENCHES] + ["soak"]))
+    ap.add_argument("--soak-json", type=Path, help="the soak's result (default: the newest in the temp directory)")
+    ap.add_argument("--out", type=Path, default=DOC)
+    args = ap.parse_args()
+    names = {n for n, _, _ in BENCHES} | {"soak"}
+    if args.only and args.only not in names:
+        ap.error(f"--only: unknown bench {args.only!r} (one of {', '.join(sorted(names))})")
+    old = previous()
+    results = dict(old.get("results") or {})
+    soak = old.get("soak")
+    failed = []
+    for name, fn, slow in BENCHES:
+        if args.only and args.only != name or not args.only and args.skip_slow and slow:
+            continue
+        before = load()
+        try:
+            res = fn(args.skip_slow)
+        except FileNotFoundError as exc:
+            print(f"{name}: skipped: {exc}", file=sys.stderr)
+            continue
+        except Exception as exc:  # keep going: the other benches still run; this row says what happened
+            print(f"{name}: FAILED: {exc}", file=sys.stderr)
+            failed.append(name)
+            if name not in results:
+                results[name] = {"error": str(exc)[:200], "rows": []}
+            continue
+        results[name] = {**res, "date": now(), "load": before}
+        for r in res["rows"]:
+            shown = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
+            print(f"{name}: {r['what']}: {shown}  {r['detail']}")
+    if args.only == "soak" or not args.only and not args.skip_soak and not args.skip_slow:
+        path = args.soak_json or Path(tempfile.gettempdir()) / f"restream-soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        run_script(["bench/soak.py", "--minutes", "30", "--out", str(path)], 3600)
+        soak = soak_figures(path)
+    elif not args.only or args.soak_json:
+        path = args.soak_json or newest_soak()
+        if path is not None and path.exists():
+            soak = soak_figures(path)
+    args.out.write_text(render(results, soak), encoding="utf-8")
+    print(f"wrote {args.out}" + (f" and {PNG}" if soak and soak.get("png") else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
