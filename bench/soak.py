@@ -11,8 +11,9 @@ Not in CI. Everything is on loopback:
   --duration <N>m`` in a throwaway RESTREAM_CONFIG_DIR with destinations d0..d4 (one per receiver); it stops by
   itself when the duration is reached.
 * faults: every ``--interval`` seconds (default 180; shorter for short soaks so that at least two faults happen)
-  the next receiver in turn (d0, d1, ... d4, d0, ...) is killed with SIGKILL, and after a pause of 5..10 s (cycling)
-  a new receiver is started on the same port. No fault is started in the last interval.
+  the next receiver in turn (d0, d1, ... d4, d0, ...) is killed with SIGKILL, and after a pause of 5..10 s (5, 6,
+  7, 8, 9 s cycling, plus a random fraction of a second so that the restart falls at a random phase of the
+  publisher's 1 s retry period) a new receiver is started on the same port. No fault is started in the last interval.
 
 What it records and prints:
 
@@ -41,6 +42,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -61,7 +63,7 @@ from support import FFMPEG, Receiver, free_port  # noqa: E402
 N_DEST = 5
 GO_ARGS = ["--test-pattern", "--size", "640x360", "--fps", "30", "--video-bitrate", "1500k", "--json"]
 SAMPLE_S = 10.0
-DOWN_S = (5, 6, 7, 8, 9, 10)
+DOWN_S = (5, 6, 7, 8, 9)  # plus a random fraction of a second: a random phase against the 1 s retry period
 
 
 def _port_state(port: int) -> str | None:
@@ -278,7 +280,7 @@ def schedule(total_s: float, interval: float | None) -> tuple[float, list[float]
     if interval is None:
         interval = 180.0 if total_s >= 6 * 180 else max(20.0, total_s / 4)
     times, t = [], interval
-    while t + max(DOWN_S) + interval <= total_s + 1e-9:
+    while t + max(DOWN_S) + 1 + interval <= total_s + 1e-9:
         times.append(t)
         t += interval
     return interval, times
@@ -341,7 +343,7 @@ def run(args, work: Path) -> dict:
                 if go.proc.poll() is not None:
                     raise RuntimeError(f"restream exited early ({go.proc.returncode})")
                 time.sleep(0.2)
-            down = DOWN_S[k % len(DOWN_S)]
+            down = DOWN_S[k % len(DOWN_S)] + random.random()
             current[n].kill()
             killed = time.time()
             time.sleep(down)
