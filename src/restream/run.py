@@ -137,6 +137,7 @@ class Broadcast:
         self.watch = watch
         self.gate, self.once = gate, once  # relay mode: an ingest.IngestGate in front of ffmpeg's listener
         self._codec_checked = False
+        self.publishers = 0  # relay mode: publishers whose key was verified so far
         self._srt_errors: dict[str, float] = {}
         self._srt_since = 0.0
         self._quiet_ports: set[str] = set()
@@ -248,9 +249,14 @@ class Broadcast:
             background = [asyncio.create_task(self._traffic())]
             if self.watch:
                 background.append(asyncio.create_task(self._watch()))
+            seen = self.publishers
             rc = await self._session(p.argv, first=True)
-            while self.gate is not None and not self.once and not self._stop.is_set():
-                self._publisher_gone()
+            # a rejected publisher also ends a session (ffmpeg's listener fails): that is no publisher for --once
+            while self.gate is not None and not (self.once and self.publishers) and not self._stop.is_set():
+                if self.publishers != seen:
+                    self._publisher_gone()
+                seen = self.publishers
+                self._codec_checked = False
                 rc = await self._session(p.argv, first=False)
             return self._finish(rc)
         finally:
@@ -290,6 +296,7 @@ class Broadcast:
     def on_ingest(self, e) -> None:
         """Events of relay mode's ingest gate (an ingest.IngestEvent)."""
         if e.kind == "publishing":
+            self.publishers += 1
             self.emit(ev.Log(time.time(), NOTICE, f"publisher connected from {e.peer}"))
         elif e.kind == "rejected":
             self.emit(ev.Log(time.time(), "warning", f"publisher from {e.peer} rejected: {e.detail}"))
