@@ -1,0 +1,549 @@
+"""`restream relay` end to end: the real CLI as a child process, a real ffmpeg publisher standing in for OBS,
+ffmpeg ``-listen`` receivers (or nginx-rtmp) as the destinations, all on loopback. The relay issue's "Must show":
+five receivers decode a copied (not re-encoded) stream, a wrong ingest key or app is cut off before the
+destinations see anything, a second publisher session reaches the destinations without restarting restream, and
+the options around it (``--once``, ``--public``, ``--transcode``, the generated ingest key).
+
+Cheap on two cores: the publisher sends 320x180 at 15 fps for a few seconds. Every process is reaped by PID in the
+``procs`` fixture's teardown (restream, the ffmpeg it started, publishers, receivers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from support import FFMPEG, Receiver, _listening_ports, descendants, free_port, probe, wait_for, wait_listening
+
+pytestmark = pytest.mark.e2e
+
+INGEST_KEY = "ingest-K3y_relay7"
+WRONG_KEY = "WrongKey-zq81xv"
+H264 = ("-c:v", "libx264", "-preset", "ultrafast")
+READY_TIMEOUT = 20.0  # python start, ffmpeg -version checks, the gate listening
+GONE = "publisher gone: waiting for the next one"
+
+
+# -- harness -------------------------------------------------------------------------------------------------------
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+class Relay:
+    """One ``python -m restream relay --listen rtmp://127.0.0.1:PORT/live[/KEY] --json …`` child. Reads stdout
+    (JSON lines) and stderr in threads and samples its descendants' command lines every 50 ms."""
+
+    def __init__(self, port: int, key: str | None, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 app: str = "live") -> None:
+        self.port = port
+        listen = f"rtmp://127.0.0.1:{port}/{app}" + (f"/{key}" if key is not None else "")
+        self.args = ["--listen", listen, "--json", *args]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "restream", "relay", *self.args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **(env or {})})
+        self.out_lines: list[str] = []
+        self.err_lines: list[str] = []
+        self.events: list[dict] = []
+        self.not_json: list[str] = []
+        self.children: dict[int, list[bytes]] = {}
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out_lines, True), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err_lines, False), daemon=True),
+                         threading.Thread(target=self._sample, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, stream, lines: list[str], parse: bool) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            if parse:
+                try:
+                    self.events.append(json.loads(line))
+                except ValueError:
+                    self.not_json.append(line)
+
+    def _sample(self) -> None:
+        while self.proc.poll() is None:
+            for pid in descendants(self.proc.pid):
+                argv = _cmdline(pid)  # re-read: between fork and exec a child shows python's argv
+                if argv and argv not in self.children.setdefault(pid, []):
+                    self.children[pid].append(argv)
+            time.sleep(0.05)
+
+    # -- what happened ---------------------------------------------------------------------------------------------
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out_lines)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err_lines)
+
+    def ready(self) -> "Relay":
+        """The gate listens (read from /proc) and ffmpeg has started (the ``start`` event)."""
+        wait_listening(self.port, READY_TIMEOUT, proc=self.proc)
+        self.wait_event(lambda e: e.get("event") == "start", "the start event")
+        return self
+
+    def ffmpegs(self) -> list[int]:
+        """PIDs of the broadcasting ffmpeg processes seen (argv with ``-f tee``), in the order they were seen."""
+        return [pid for pid, argvs in list(self.children.items()) if any(b"\0tee\0" in a for a in argvs)]
+
+    def argv_of(self, pid: int) -> list[str]:
+        argv = next(a for a in reversed(self.children[pid]) if b"\0tee\0" in a)
+        return argv.decode("utf-8", "replace").rstrip("\0").split("\0")
+
+    def logs(self, level: str | None = None) -> list[dict]:
+        return [e for e in self.events if e.get("event") == "log" and (level is None or e["level"] == level)]
+
+    def states(self, name: str, state: str | None = None) -> list[dict]:
+        return [e for e in self.events if e.get("event") == "state" and e["destination"] == name
+                and (state is None or e["state"] == state)]
+
+    def wait_event(self, match, what: str, timeout: float = READY_TIMEOUT, count: int = 1) -> list[dict]:
+        def find():
+            found = [e for e in list(self.events) if match(e)]
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None and not self._threads[0].is_alive():
+                raise AssertionError(f"restream exited ({self.proc.returncode}) before {what}:\n"
+                                     f"{self.stdout[-4000:]}\n{self.stderr[-2000:]}")
+            return None
+
+        return wait_for(find, timeout, what=f"{what} (events so far: {self.summary()})")
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = READY_TIMEOUT, level: str | None = None):
+        return self.wait_event(lambda e: e.get("event") == "log" and text in e["message"]
+                               and (level is None or e["level"] == level), f"log {text!r} x{count}", timeout, count)
+
+    def wait_live(self, names, count: int = 1, timeout: float = READY_TIMEOUT) -> None:
+        for n in names:
+            self.wait_event(lambda e, n=n: e.get("event") == "state" and e["destination"] == n
+                            and e["state"] == "live", f"{n} live x{count}", timeout, count)
+
+    def wait_session_over(self, count: int, timeout: float = READY_TIMEOUT) -> None:
+        """The ``count``-th publisher has disconnected and its ffmpeg has ended (a new listener has started).
+        (The "publisher gone" notice is not waited for: like any identical message, it is shown once a minute.)"""
+        self.wait_log("disconnected", count, timeout)
+        before = set(self.ffmpegs())
+        wait_for(lambda: set(self.ffmpegs()) - before, timeout, what=f"a new ffmpeg after session {count}")
+
+    def summary(self) -> list:
+        return [(e["event"], e.get("destination") or e.get("message") or e.get("reason")) for e in self.events
+                if e.get("event") != "progress"][-30:]
+
+    def wait(self, timeout: float) -> int:
+        rc = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(5)
+        assert not self.not_json, f"--json printed lines that are not JSON: {self.not_json}"
+        return rc
+
+    def interrupt(self, timeout: float = 20.0) -> int:
+        os.kill(self.proc.pid, signal.SIGINT)
+        return self.wait(timeout)
+
+    def end(self) -> dict:
+        assert self.events and self.events[-1]["event"] == "end", self.summary()
+        return self.events[-1]
+
+    def kill(self) -> None:
+        """Teardown: SIGKILL the ffmpeg processes it started (own sessions) and restream, by PID."""
+        for pid in [*descendants(self.proc.pid), *self.ffmpegs()]:
+            if _cmdline(pid) is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+
+
+class Publisher:
+    """The bundled ffmpeg standing in for OBS: a test pattern and a sine, ``-re``, to rtmp://127.0.0.1:PORT/APP/KEY."""
+
+    def __init__(self, port: int, key: str, seconds: float, log: Path, app: str = "live",
+                 video: tuple[str, ...] = H264) -> None:
+        self.log = log
+        self.started = time.monotonic()
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen(
+                [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
+                 "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15", "-f", "lavfi", "-i", "sine=f=440:r=48000",
+                 "-t", str(seconds), *video, "-g", "30", "-c:a", "aac", "-b:a", "64k",
+                 "-f", "flv", f"rtmp://127.0.0.1:{port}/{app}/{key}"],
+                stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+class Procs:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.things: list = []
+
+    def receiver(self, name: str, key: str, port: int | None = None) -> Receiver:
+        port = port or free_port()
+        n = sum(1 for t in self.things if isinstance(t, Receiver) and t.out.stem.startswith(name))
+        r = Receiver(port, self.tmp / f"{name}{'-' + str(n) if n else ''}.flv", key=key)
+        self.things.append(r)
+        return r.start()
+
+    def relay(self, key: str | None = INGEST_KEY, *args: str, port: int | None = None, **kw) -> Relay:
+        r = Relay(port or free_port(), key, args, **kw)
+        self.things.append(r)
+        return r.ready()
+
+    def publish(self, port: int, key: str, seconds: float = 3, **kw) -> Publisher:
+        n = sum(1 for t in self.things if isinstance(t, Publisher))
+        p = Publisher(port, key, seconds, self.tmp / f"publisher-{n}.log", **kw)
+        self.things.append(p)
+        return p
+
+    def close(self) -> None:
+        for t in reversed(self.things):
+            t.kill()
+
+
+@pytest.fixture
+def procs(tmp_path: Path):
+    p = Procs(tmp_path)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def add(cli):
+    """``add(name, url, key)``: ``restream add NAME --url URL --key-stdin`` with the key on stdin."""
+
+    def do(name: str, url: str, key: str) -> None:
+        code, out, err = cli("add", name, "--url", url, "--key-stdin", input=key + "\n")
+        assert code == 0, err
+
+    return do
+
+
+def receivers(procs: Procs, add, n: int) -> list[Receiver]:
+    recs = []
+    for i in range(n):
+        r = procs.receiver(f"d{i}", f"dest-key-{i}")
+        add(f"d{i}", r.url, f"dest-key-{i}")
+        recs.append(r)
+    return recs
+
+
+def receivers_done(*recs: Receiver, timeout: float = 10.0) -> None:
+    """A receiver's ffmpeg exits when its publisher (restream's relay slot) goes away: the file is then complete."""
+    for r in recs:
+        try:
+            r.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            r.stop()
+
+
+def assert_delivered(path: Path, seconds: float | None, within: float = 1.0, video: str = "h264", what: str = ""):
+    assert path.exists(), f"{path.name}: nothing recorded {what}"
+    m = probe(path)
+    assert m.decodes, f"{path.name} does not decode: {m.errors}"
+    assert (m.video_codec, m.audio_codec) == (video, "aac"), m
+    if seconds is not None:
+        assert abs(m.duration - seconds) <= within, f"{path.name}: {m.duration:.2f} s received, {seconds} s sent"
+    return m
+
+
+def published_ok(pub: Publisher, timeout: float = 30.0) -> None:
+    rc = pub.wait(timeout)
+    assert rc == 0, f"the publisher failed ({rc}):\n{pub.log_text()[-1500:]}"
+
+
+# -- 1. five receivers, copied -----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_publisher_to_five_receivers_copied_not_reencoded(procs, add):
+    recs = receivers(procs, add, 5)
+    relay = procs.relay()
+    pub = procs.publish(relay.port, INGEST_KEY, seconds=5)
+    relay.wait_live([f"d{i}" for i in range(5)], timeout=30)
+    published_ok(pub)
+    relay.wait_log(GONE)
+    assert relay.proc.poll() is None, "relay mode keeps waiting for the next publisher"
+    receivers_done(*recs)
+    assert relay.interrupt() == 130
+
+    for r in recs:
+        assert_delivered(r.out, 5.0, within=1.0)
+        assert r.stream_names() == [], "a receiver saw an unexpected stream name"
+
+    tee = relay.ffmpegs()
+    assert len(tee) >= 1
+    first = relay.argv_of(tee[0])
+    joined = " ".join(first)
+    assert " -c copy " in joined, joined
+    assert "libx264" not in joined and "-c:v" not in joined and "aac" not in joined, joined
+    assert relay.events[0]["event"] == "start" and relay.events[0]["pid"] == tee[0]
+
+    # JSON: all five live, then the publisher's departure and the wait for the next one, in that order
+    kinds = [(e["event"], e.get("state"), e.get("message")) for e in relay.events]
+    last_live = max(i for i, k in enumerate(kinds) if k[1] == "live")
+    left = next(i for i, k in enumerate(kinds) if k[0] == "log" and "disconnected" in (k[2] or ""))
+    gone = next(i for i, k in enumerate(kinds) if k[0] == "log" and GONE in (k[2] or ""))
+    assert last_live < left < gone, relay.summary()
+    assert relay.logs("warning") == [] and relay.logs("error") == [], relay.logs()
+    end = relay.end()
+    assert end["exit_code"] == 130 and end["reason"] == "interrupted"
+    assert INGEST_KEY not in relay.stdout + relay.stderr
+
+
+# -- 2. the ingest key and app are enforced ------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_wrong_key_or_app_is_rejected_and_never_reaches_destinations(procs, add):
+    recs = receivers(procs, add, 2)
+    relay = procs.relay()
+
+    wrong = procs.publish(relay.port, WRONG_KEY)
+    assert wrong.wait(15) != 0, "a publisher with the wrong key must fail"
+    relay.wait_log("rejected: wrong stream key", level="warning")
+    wrong_app = procs.publish(relay.port, INGEST_KEY, app="other")
+    assert wrong_app.wait(15) != 0, "a publisher to the wrong app must fail"
+    relay.wait_log("rejected: wrong application name", level="warning")
+
+    time.sleep(1.0)  # anything that had slipped through would have reached the receivers by now
+    assert relay.proc.poll() is None
+    for r in recs:
+        assert r.proc.poll() is None and not r.connected() and not r.out.exists(), \
+            f"{r.out.name} saw a rejected publisher:\n{r.log_text()[-1500:]}"
+    assert not any(e.get("event") == "state" and e["state"] == "live" for e in relay.events), relay.summary()
+    assert not any(GONE in e["message"] for e in relay.logs()), "a rejected publisher is not a publisher gone"
+
+    good = procs.publish(relay.port, INGEST_KEY, seconds=3)
+    relay.wait_live(["d0", "d1"], timeout=30)
+    published_ok(good)
+    relay.wait_log(GONE)
+    receivers_done(*recs)
+    assert relay.interrupt() == 130
+    for r in recs:
+        assert_delivered(r.out, 3.0)
+        assert r.stream_names() == []
+    assert len(relay.ffmpegs()) >= 3, "a new ffmpeg listener after each rejection"
+    assert WRONG_KEY not in relay.stdout + relay.stderr, "the wrong key was printed"
+    assert INGEST_KEY not in relay.stdout + relay.stderr, "the ingest key given in --listen was printed"
+
+
+# -- 3. a second publisher session -----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_second_session_reaches_restarted_receivers_without_restarting_restream(procs, add):
+    first = receivers(procs, add, 2)
+    relay = procs.relay()
+    pid = relay.proc.pid
+
+    published_ok(procs.publish(relay.port, INGEST_KEY, seconds=3))
+    relay.wait_log(GONE)
+    relay.wait_session_over(1)
+    receivers_done(*first)
+    # the same ports, new files: each session is a new publish at the destinations
+    second = [procs.receiver(f"d{i}", f"dest-key-{i}", port=r.port) for i, r in enumerate(first)]
+    assert relay.proc.poll() is None
+
+    published_ok(procs.publish(relay.port, INGEST_KEY, seconds=5))
+    relay.wait_session_over(2)
+    receivers_done(*second)
+    assert relay.proc.poll() is None and relay.proc.pid == pid
+    assert relay.interrupt() == 130
+
+    for r in first:
+        assert_delivered(r.out, 3.0, what="in session 1")
+    for r in second:
+        assert_delivered(r.out, 5.0, what="in session 2")
+    for name in ("d0", "d1"):
+        assert len(relay.states(name, "live")) == 2, relay.states(name)
+    assert len(relay.ffmpegs()) >= 2, "one ffmpeg per publisher session"
+    assert len([e for e in relay.events if e["event"] == "start"]) == 1
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(120)
+def test_second_session_reaches_nginx_without_restarting_restream(procs, add, tmp_path):
+    from nginx import NginxRtmp, require_nginx
+
+    require_nginx(tls=False)
+    with NginxRtmp(tmp_path, apps=["a1", "a2"], tls=False) as ngx:
+        for app in ("a1", "a2"):
+            add(app, ngx.rtmp_url(app), f"name-{app}")
+        relay = procs.relay()
+        kept: dict[int, list[Path]] = {}
+        for session, seconds in ((1, 3), (2, 5)):
+            published_ok(procs.publish(relay.port, INGEST_KEY, seconds=seconds))
+            relay.wait_session_over(session)
+            wait_for(lambda: not ngx.publishing("a1") and not ngx.publishing("a2"), 10, what="nginx: sessions ended")
+            kept[session] = []
+            for app in ("a1", "a2"):  # nginx-rtmp truncates the recording on the next publish: keep a copy
+                copy = tmp_path / f"{app}-session{session}.flv"
+                shutil.copy(ngx.recording(app, f"name-{app}"), copy)
+                kept[session].append(copy)
+            assert relay.proc.poll() is None
+        assert relay.interrupt() == 130
+
+        for app in ("a1", "a2"):
+            attempts = ngx.attempts(app)
+            assert [(a.key, a.accepted) for a in attempts] == [(f"name-{app}", True)] * 2, attempts
+    for session, seconds in ((1, 3.0), (2, 5.0)):
+        for path in kept[session]:
+            assert_delivered(path, seconds, what=f"in session {session}")
+
+
+# -- 4. --once and Ctrl-C ------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_once_ends_after_the_first_publisher_with_exit_0(procs, add):
+    recs = receivers(procs, add, 2)
+    relay = procs.relay(INGEST_KEY, "--once")
+    # a rejected publisher is no publisher: --once keeps waiting for one with the right key
+    assert procs.publish(relay.port, WRONG_KEY).wait(15) != 0
+    relay.wait_log("rejected: wrong stream key")
+    published_ok(procs.publish(relay.port, INGEST_KEY, seconds=3))
+    assert relay.wait(30) == 0, relay.stderr
+    end = relay.end()
+    assert end["exit_code"] == 0, end
+    assert {n: d["state"] for n, d in end["destinations"].items()} == {"d0": "stopped", "d1": "stopped"}
+    assert not any(GONE in e["message"] for e in relay.logs()), "--once does not wait for another publisher"
+    receivers_done(*recs)
+    for r in recs:
+        assert_delivered(r.out, 3.0)
+
+
+@pytest.mark.timeout(60)
+def test_sigint_while_waiting_for_a_publisher_exits_130(procs, add):
+    add("d0", f"rtmp://127.0.0.1:{free_port()}/live", "dest-key-0")
+    relay = procs.relay()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert relay.interrupt(30) == 130
+    assert time.monotonic() - started < 15
+    end = relay.end()
+    assert end["exit_code"] == 130 and end["reason"] == "interrupted"
+    assert relay.port not in _listening_ports(), "the gate still listens after restream ended"
+
+
+# -- 5. binding beyond loopback needs --public ------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "192.0.2.10"])
+def test_non_loopback_listen_needs_public(cli, host):
+    port = free_port()
+    code, out, err = cli("relay", "--listen", f"rtmp://{host}:{port}/live", "--json", subprocess=True)
+    assert code == 2, (code, out, err)
+    assert "--public" in err, err
+    assert out == ""
+    assert port not in _listening_ports()
+
+
+# -- 6. one publisher at a time ------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_second_publisher_while_one_is_live_is_rejected(procs, add):
+    recs = receivers(procs, add, 2)
+    relay = procs.relay()
+    first = procs.publish(relay.port, INGEST_KEY, seconds=6)
+    relay.wait_live(["d0", "d1"], timeout=30)
+    intruder = procs.publish(relay.port, INGEST_KEY, seconds=3)
+    assert intruder.wait(15) != 0, "a second publisher must fail while one is live"
+    relay.wait_log("rejected: another publisher is live", level="warning")
+    assert first.proc.poll() is None, "the first publisher was cut off"
+    published_ok(first)
+    relay.wait_log(GONE)
+    receivers_done(*recs)
+    assert relay.interrupt() == 130
+    for r in recs:
+        assert_delivered(r.out, 6.0)
+    for name in ("d0", "d1"):
+        assert [e["state"] for e in relay.states(name)][:2] == ["connecting", "live"]
+        assert len(relay.states(name, "live")) == 1, "the first session was interrupted"
+
+
+# -- 7. codec sanity -----------------------------------------------------------------------------------------------
+
+FLV1 = ("-c:v", "flv", "-q:v", "5")  # Sorenson Spark (FLV's own H.263): FLV carries it, no platform takes it
+
+
+@pytest.mark.timeout(90)
+def test_non_h264_publisher_is_named_and_transcode_fixes_it(procs, add):
+    recs = receivers(procs, add, 1)
+    relay = procs.relay(INGEST_KEY, "--once")
+    published_ok(procs.publish(relay.port, INGEST_KEY, seconds=3, video=FLV1))
+    assert relay.wait(30) == 0, relay.stderr
+    warnings = [e["message"] for e in relay.logs("warning")]
+    assert any("flv1" in w and "--transcode" in w for w in warnings), warnings
+    receivers_done(*recs)
+    assert_delivered(recs[0].out, 3.0, video="flv1")  # copied as is, as told
+
+    again = procs.receiver("d0", "dest-key-0", port=recs[0].port)
+    relay = procs.relay(INGEST_KEY, "--once", "--transcode", "--video-bitrate", "300k", "--audio-bitrate", "64k")
+    published_ok(procs.publish(relay.port, INGEST_KEY, seconds=3, video=FLV1))
+    assert relay.wait(30) == 0, relay.stderr
+    assert not any("flv1" in e["message"] for e in relay.logs("warning")), "no codec warning when transcoding"
+    argv = " ".join(relay.argv_of(relay.ffmpegs()[0]))
+    assert "libx264" in argv and " -c copy " not in argv, argv
+    receivers_done(again)
+    m = assert_delivered(again.out, 3.0, video="h264")
+    assert m.first_packet_key
+
+
+# -- 8. the generated ingest key -----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_generated_ingest_key_shown_once_kept_0600_and_reused(procs, add, config_dir, monkeypatch):
+    monkeypatch.delenv("RESTREAM_INGEST_KEY", raising=False)
+    recs = receivers(procs, add, 1)
+    relay = procs.relay(None, "--once")
+    m = re.search(r"stream key (\S+)\s+\(new; shown once", relay.stderr)
+    assert m, relay.stderr
+    key = m.group(1)
+    stored = config_dir / "ingest" / "default.key"
+    assert stored.read_text().strip() == key
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    published_ok(procs.publish(relay.port, key, seconds=2))
+    assert relay.wait(30) == 0, relay.stderr
+    assert relay.stderr.count(key) == 1 and key not in relay.stdout
+    receivers_done(*recs)
+    assert_delivered(recs[0].out, 2.0)
+
+    again = procs.receiver("d0", "dest-key-0", port=recs[0].port)
+    relay = procs.relay(None, "--once")
+    assert key not in relay.stdout + relay.stderr, "a kept key is shown masked"
+    assert "kept in" in relay.stderr and "new; shown once" not in relay.stderr, relay.stderr
+    published_ok(procs.publish(relay.port, key, seconds=2))
+    assert relay.wait(30) == 0, relay.stderr
+    assert key not in relay.stdout + relay.stderr
+    assert stored.read_text().strip() == key, "the kept key was replaced"
+    receivers_done(again)
+    assert_delivered(again.out, 2.0)
