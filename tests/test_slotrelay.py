@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -464,3 +465,57 @@ def test_destination_rejects_publish_error_is_redacted(relay):
     assert e.error == "destination refused: NetStream.Publish.BadName: •••• is not a valid key"
     assert relay.kinds(0) == ["connecting", "disconnected"]
     assert not relay.relay.stats()[0].live
+
+
+@pytest.mark.timeout(60)
+def test_slow_destination_back_pressures_publisher_and_bytes_are_exact(relay):
+    """A destination that stops reading stalls the publisher (bounded memory); once it reads again everything
+    arrives, byte for byte, and bytes_up is exact."""
+    dst = socket.socket()
+    dst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    dst.bind(("127.0.0.1", 0))
+    dst.listen(1)
+    relay.assign(0, Upstream("slow", f"rtmp://127.0.0.1:{dst.getsockname()[1]}/live", "k"))
+    pub = socket.socket()
+    pub.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    pub.connect(("127.0.0.1", relay.relay.ports[0]))
+    conn, _ = dst.accept()
+    blob = rtmp.ChunkWriter().write(rtmp.Message(6, 0, rtmp.VIDEO, 1, bytes(range(256)) * 256))
+    hs = b"\x03" + bytes(2 * rtmp.HANDSHAKE_SIZE)
+    sent = 0
+
+    def push(limit: int, stall: float) -> bool:
+        """Send ``limit`` more bytes (the handshake, then the media message over and over); False when no progress
+        for ``stall`` seconds."""
+        nonlocal sent
+        pub.settimeout(stall)
+        end = sent + limit
+        while sent < end:
+            data = hs[sent:] if sent < len(hs) else blob[(sent - len(hs)) % len(blob):]
+            try:
+                sent += pub.send(data[:end - sent])
+            except socket.timeout:
+                return False
+        return True
+
+    try:
+        assert push(len(hs), 5)
+        assert not push(1 << 30, 1.0), "a destination that does not read must stall the publisher"
+        assert sent < 32 << 20, f"{sent} bytes taken in while the destination did not read"
+        got = bytearray()
+        reader = threading.Thread(target=lambda: [got.extend(b) for b in iter(lambda: conn.recv(1 << 20), b"")])
+        reader.start()
+        more = len(blob) * ((24 << 20) // len(blob)) - (sent - len(hs)) % len(blob)  # end on a message boundary
+        assert push(more, 5.0), "reading resumed: the publisher must be able to send again"
+        pub.close()
+        reader.join(10)
+        assert not reader.is_alive()
+        assert len(got) == sent
+        assert bytes(got[:len(hs)]) == hs and bytes(got[len(hs):len(hs) + len(blob)]) == blob
+        e = relay.wait_event("disconnected")
+        assert e.error is None and relay.kinds(0) == ["connecting", "live", "disconnected"]
+        assert relay.relay.stats()[0].bytes_up == sent
+    finally:
+        pub.close()
+        conn.close()
+        dst.close()

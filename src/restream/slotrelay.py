@@ -11,6 +11,11 @@ accepted.
 So no key is ever in ffmpeg's argv, every destination's true state and byte count are known here, and a slot can be
 re-pointed live (the current session is closed; ffmpeg's fifo reconnects within about a second).
 
+The data path is two ``asyncio.Protocol`` objects per session (no streams, no task per read): ``data_received``
+feeds the ChunkRewriter and writes straight to the other socket's transport. Flow control: when one socket's write
+buffer passes ``_WRITE_HIGH`` the other socket stops being read until it drains, so a slow destination back-pressures
+into ffmpeg's per-slave fifo and memory stays bounded.
+
 asyncio, stdlib only. Every method except ``assign`` and ``stats`` must be used from the event loop's thread;
 ``assign`` may be called from any thread. ``on_event`` is called on the loop's thread.
 """
@@ -32,7 +37,7 @@ log = logging.getLogger(__name__)
 
 APP = "slot"
 REDACTED = "••••"
-_READ_SIZE = 256 * 1024
+_WRITE_HIGH = 256 * 1024  # per socket: above it, the other socket stops being read
 
 
 @dataclass(frozen=True)
@@ -77,28 +82,219 @@ def redact(text: str, key: str) -> str:
 
 
 class _Session:
-    __slots__ = ("slot", "upstream", "target", "writer", "up_writer", "connected", "live", "closing", "error",
-                 "refused", "server_error")
+    __slots__ = ("slot", "upstream", "target", "pub", "dest", "connected", "live", "closing", "error",
+                 "refused", "server_error", "ended", "stopped")
 
-    def __init__(self, slot: int, upstream: Upstream, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, slot: int, upstream: Upstream, pub: "_Publisher", ended: asyncio.Future) -> None:
         self.slot = slot
         self.upstream = upstream
         self.target: rtmp.Target | None = None
-        self.writer = writer
-        self.up_writer: asyncio.StreamWriter | None = None
+        self.pub = pub                          # ffmpeg's side (accepted)
+        self.dest: _Destination | None = None   # the destination's side, once connected
         self.connected = False
         self.live = False
         self.closing = False        # closed on purpose (unassign, reassign, relay close)
         self.error: str | None = None
         self.refused = False
         self.server_error: str | None = None
+        self.ended = ended          # (side "up" | "down", exception or None) of the first side to end
+        self.stopped = False        # nothing more is forwarded in either direction
+
+    def end(self, side: str, exc: BaseException | None) -> None:
+        self.stopped = True
+        if not self.ended.done():
+            self.ended.set_result((side, exc))
 
     def abort(self) -> None:
         """Close both sockets now, dropping anything buffered."""
         self.closing = True
-        for w in (self.writer, self.up_writer):
-            if w is not None:
-                w.transport.abort()
+        self.stopped = True
+        for p in (self.pub, self.dest):
+            if p is not None and p.transport is not None:
+                p.transport.abort()
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a session. Flow control: when this side's write buffer is above its high-water mark, the other
+    side's reading is paused (so a slow destination back-pressures into ffmpeg's fifo, and memory stays bounded)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.sess: _Session | None = None
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.write_paused = False
+
+    def _other(self) -> "_Side | None":
+        raise NotImplementedError
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        other = self._other()
+        if other is not None and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        other = self._other()
+        if other is not None and other.transport is not None:
+            other.transport.resume_reading()
+
+    def _lost(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Publisher(_Side):
+    """ffmpeg -> destination: handshake verbatim, then chunks passed through, commands rewritten (ChunkRewriter)."""
+
+    def __init__(self, relay: "SlotRelay", slot: int) -> None:
+        super().__init__()
+        self.relay = relay
+        self.slot = slot
+        self.stage = 0              # 0: C0+C1 awaited, 1: C2 awaited, 2: chunks
+        self.pending = bytearray()  # received before the destination was connected, or an incomplete handshake part
+        self.up: asyncio.Transport | None = None
+        self.chunks: rtmp.ChunkRewriter | None = None
+
+    def _other(self) -> _Side | None:
+        return self.sess.dest if self.sess is not None else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.relay._accept(self)
+
+    def data_received(self, data: bytes) -> None:
+        sess = self.sess
+        if sess is None or sess.stopped:
+            return
+        try:
+            if self.stage == 2 and self.up is not None:
+                self._forward(data)
+                return
+            self.pending += data
+            if self.up is None:
+                if len(self.pending) >= 1 + rtmp.HANDSHAKE_SIZE and self.transport is not None:
+                    self.transport.pause_reading()  # resumed in attach()
+                return
+            self._flush()
+        except Exception as exc:
+            sess.end("up", exc)
+
+    def attach(self, up: asyncio.Transport) -> None:
+        """The destination is connected: forward what was received meanwhile, read on."""
+        self.up = up
+        assert self.sess is not None
+        try:
+            self._flush()
+        except Exception as exc:
+            self.sess.end("up", exc)
+        if self.transport is not None and not self.sess.stopped and not self.sess.dest.write_paused:
+            self.transport.resume_reading()
+
+    def _flush(self) -> None:
+        sess = self.sess
+        relay = self.relay
+        assert sess is not None and self.up is not None
+        while self.stage < 2:
+            need = 1 + rtmp.HANDSHAKE_SIZE if self.stage == 0 else rtmp.HANDSHAKE_SIZE
+            if len(self.pending) < need:
+                return
+            part = bytes(self.pending[:need])
+            del self.pending[:need]
+            self.up.write(part)
+            relay._bytes[self.slot] += len(part)
+            self.stage += 1
+        if self.chunks is None:
+            name = placeholder(self.slot)
+            target = sess.target
+            assert target is not None
+            keys = {name: sess.upstream.key}
+            self.chunks = rtmp.ChunkRewriter(lambda m: _check_command(m, name, keys, target))
+        if self.pending:
+            data = bytes(self.pending)
+            self.pending.clear()
+            self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        chunks = self.chunks
+        sess = self.sess
+        blob = chunks.feed(data)  # type: ignore[union-attr]
+        if chunks.media and not sess.live:  # type: ignore[union-attr]
+            self.relay._set_live(sess)
+        if blob:
+            self.up.write(blob)  # type: ignore[union-attr]
+            slot = self.slot
+            if sess.upstream is self.relay._assigned[slot]:  # type: ignore[union-attr]
+                self.relay._bytes[slot] += len(blob)
+
+    def eof_received(self) -> bool:
+        if self.sess is not None:
+            self.sess.end("up", None)
+        return True  # keep the socket open: the session closes it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sess is not None:
+            self.sess.end("up", exc)
+        self._lost()
+
+
+class _Destination(_Side):
+    """destination -> ffmpeg: bytes untouched; a copy is parsed to follow the publish status."""
+
+    def __init__(self, relay: "SlotRelay", sess: _Session) -> None:
+        super().__init__()
+        self.relay = relay
+        self.sess = sess
+        self.skip = 1 + 2 * rtmp.HANDSHAKE_SIZE
+        self.parser: rtmp.ChunkParser | None = rtmp.ChunkParser()
+
+    def _other(self) -> _Side | None:
+        return self.sess.pub if self.sess is not None else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.sess.dest = self  # type: ignore[union-attr]
+        if self.sess.pub.write_paused:  # type: ignore[union-attr]
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        sess = self.sess
+        if sess is None or sess.stopped:
+            return
+        pt = sess.pub.transport
+        if pt is not None:
+            pt.write(data)
+        parser = self.parser
+        if parser is None:
+            return
+        if self.skip:
+            n = min(self.skip, len(data))
+            self.skip -= n
+            data = data[n:]
+            if not data:
+                return
+        try:
+            for m in parser.feed(data):
+                if m.type_id == rtmp.COMMAND_AMF0 or m.type_id == rtmp.COMMAND_AMF3:
+                    self.relay._observe(sess, m)
+        except rtmp.RtmpError:
+            self.parser = None  # stop watching; keep relaying
+
+    def eof_received(self) -> bool:
+        if self.sess is not None:
+            self.sess.end("down", None)
+        # Keep a plain socket open (the session closes it); asyncio's SSL transport closes itself either way and
+        # warns if told otherwise.
+        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.sess is not None:
+            self.sess.end("down", exc)
+        self._lost()
 
 
 class SlotRelay:
@@ -126,8 +322,8 @@ class SlotRelay:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for slot in range(self.slots):
-            server = await asyncio.start_server(
-                lambda r, w, slot=slot: self._accept(slot, r, w), self.host, 0)
+            server = await self._loop.create_server(
+                lambda slot=slot: _Publisher(self, slot), self.host, 0)
             self._servers.append(server)
             self.ports.append(server.sockets[0].getsockname()[1])
 
@@ -198,21 +394,28 @@ class SlotRelay:
         except Exception:  # a broken observer must not break the relay
             log.exception("slot relay on_event callback failed")
 
-    async def _accept(self, slot: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, pub: _Publisher) -> None:
+        """A publisher connected (called from its protocol's connection_made)."""
+        slot = pub.slot
         upstream = self._assigned[slot]
         if upstream is None or self._closed:
             self._emit(slot, None, "refused", "slot not assigned" if not self._closed else "relay closing")
-            writer.transport.abort()
+            pub.transport.abort()  # type: ignore[union-attr]
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        sess = _Session(slot, upstream, writer)
+        loop = asyncio.get_running_loop()
+        sess = _Session(slot, upstream, pub, loop.create_future())
+        pub.sess = sess
         self._sessions[slot].add(sess)
         self._count[slot] += 1
         self._emit(slot, upstream.name, "connecting")
+        task = loop.create_task(self._serve(sess))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sess: _Session) -> None:
+        upstream = sess.upstream
         try:
-            await self._run(sess, reader)
+            await self._run(sess)
         except asyncio.CancelledError:
             sess.closing = True
             raise
@@ -220,15 +423,13 @@ class SlotRelay:
             if not sess.closing:
                 sess.error = sess.error or f"relay error: {type(exc).__name__}: {exc}"
         finally:
-            self._sessions[slot].discard(sess)
+            self._sessions[sess.slot].discard(sess)
             sess.connected = sess.live = False
             sess.abort()
-            if task is not None:
-                self._tasks.discard(task)
             error = redact(sess.error, upstream.key) if sess.error else None
-            self._emit(slot, upstream.name, "refused" if sess.refused else "disconnected", error)
+            self._emit(sess.slot, upstream.name, "refused" if sess.refused else "disconnected", error)
 
-    async def _run(self, sess: _Session, reader: asyncio.StreamReader) -> None:
+    async def _run(self, sess: _Session) -> None:
         up = sess.upstream
         try:
             target = sess.target = rtmp.parse_url(up.url)
@@ -241,10 +442,11 @@ class SlotRelay:
             sess.error = f"cannot load CA file: {exc}"
             return
         where = f"{target.host}:{target.port}"
+        loop = asyncio.get_running_loop()
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(target.host, target.port, ssl=ctx,
-                                        server_hostname=target.host if ctx else None),
+            transport, dest = await asyncio.wait_for(
+                loop.create_connection(lambda: _Destination(self, sess), target.host, target.port, ssl=ctx,
+                                       server_hostname=target.host if ctx else None),
                 self.connect_timeout)
         except asyncio.TimeoutError:
             sess.error = f"timed out connecting to {where}"
@@ -258,97 +460,33 @@ class SlotRelay:
         except OSError as exc:
             sess.error = f"cannot connect to {where}: {_describe(exc)}"
             return
-        sess.up_writer = up_writer
+        sess.dest = dest
         if sess.closing:
-            up_writer.transport.abort()
+            transport.abort()
             return
         sess.connected = True
         self._since[sess.slot] = time.monotonic()
-        up_task = asyncio.create_task(self._pump_up(sess, reader, up_writer))
-        down_task = asyncio.create_task(self._pump_down(sess, up_reader, sess.writer))
-        try:
-            done, _ = await asyncio.wait({up_task, down_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (up_task, down_task):
-                t.cancel()
-            await asyncio.gather(up_task, down_task, return_exceptions=True)
-        first = up_task if up_task in done else down_task
-        exc = first.exception()
+        sess.pub.attach(transport)
+        side, exc = await asyncio.shield(sess.ended)
         if sess.closing:
             return
         if isinstance(exc, _Refused):
             sess.refused = True
             sess.error = str(exc)
         elif exc is not None:
-            side = "publisher" if first is up_task else "destination"
-            sess.error = sess.server_error or f"{side} connection failed: {_describe(exc)}"
-        elif first is down_task:
+            where_ = "publisher" if side == "up" else "destination"
+            sess.error = sess.server_error or f"{where_} connection failed: {_describe(exc)}"
+        elif side == "down":
             # The destination hung up: let ffmpeg read what it sent last (e.g. an error status), then close.
             sess.error = sess.server_error or "destination closed the connection"
-            await _close_gently(sess.writer)
+            await _close_gently(sess.pub)
         else:
             # ffmpeg ended the session; flush what is buffered for the destination, then close.
             sess.error = sess.server_error
             if sess.error is None and not sess.live:
                 sess.error = "publisher left before the destination accepted the stream"
-            sess.writer.close()
-            await _close_gently(up_writer)
-
-    async def _pump_up(self, sess: _Session, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        """ffmpeg -> destination: handshake verbatim, then chunks passed through, commands rewritten (ChunkRewriter)."""
-        slot = sess.slot
-        try:
-            c0c1 = await reader.readexactly(1 + rtmp.HANDSHAKE_SIZE)
-            w.write(c0c1)
-            self._bytes[slot] += len(c0c1)
-            c2 = await reader.readexactly(rtmp.HANDSHAKE_SIZE)
-        except asyncio.IncompleteReadError:
-            return
-        w.write(c2)
-        self._bytes[slot] += len(c2)
-        await w.drain()
-        name = placeholder(slot)
-        up = sess.upstream
-        target = sess.target
-        assert target is not None
-        keys = {name: up.key}
-        chunks = rtmp.ChunkRewriter(lambda m: _check_command(m, name, keys, target))
-        while True:
-            data = await reader.read(_READ_SIZE)
-            if not data:
-                return
-            blob = chunks.feed(data)
-            if chunks.media and not sess.live:
-                self._set_live(sess)
-            if not blob:
-                continue
-            w.write(blob)
-            if sess.upstream is self._assigned[slot]:
-                self._bytes[slot] += len(blob)
-            await w.drain()
-
-    async def _pump_down(self, sess: _Session, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        """destination -> ffmpeg: bytes untouched; a copy is parsed to follow the publish status."""
-        skip = 1 + 2 * rtmp.HANDSHAKE_SIZE
-        parser: rtmp.ChunkParser | None = rtmp.ChunkParser()
-        while True:
-            data = await r.read(_READ_SIZE)
-            if not data:
-                return
-            w.write(data)
-            if parser is not None:
-                if skip:
-                    n = min(skip, len(data))
-                    skip -= n
-                    data = data[n:]
-                if data:
-                    try:
-                        for m in parser.feed(data):
-                            if m.type_id == rtmp.COMMAND_AMF0 or m.type_id == rtmp.COMMAND_AMF3:
-                                self._observe(sess, m)
-                    except rtmp.RtmpError:
-                        parser = None  # stop watching; keep relaying
-            await w.drain()
+            sess.pub.transport.close()  # type: ignore[union-attr]
+            await _close_gently(dest)
 
     def _observe(self, sess: _Session, m: rtmp.Message) -> None:
         name = rtmp.command_name(m)
@@ -395,11 +533,13 @@ def _check_command(m: rtmp.Message, name: str, keys: dict[str, str], target: rtm
     return m
 
 
-async def _close_gently(w: asyncio.StreamWriter, timeout: float = 1.0) -> None:
-    w.close()
+async def _close_gently(side: _Side, timeout: float = 1.0) -> None:
+    """Close after what is buffered has been sent (at most ``timeout`` seconds)."""
+    if side.transport is not None:
+        side.transport.close()
     try:
-        await asyncio.wait_for(w.wait_closed(), timeout)
-    except (asyncio.TimeoutError, OSError):
+        await asyncio.wait_for(asyncio.shield(side.closed), timeout)
+    except asyncio.TimeoutError:
         pass
 
 
