@@ -156,23 +156,32 @@ def parse_relay_cpu(out: str) -> list[dict]:
     return rows
 
 
-# -- relay_vs_transcode (a colleague's script; read whatever ratio lines it prints) --------------------------------
+# -- relay_vs_transcode ---------------------------------------------------------------------------------------------
 
 def bench_relay_vs_transcode(fast: bool) -> dict:
-    script = HERE / "relay_vs_transcode.py"
-    if not script.exists():
+    if not (HERE / "relay_vs_transcode.py").exists():
         raise FileNotFoundError("bench/relay_vs_transcode.py does not exist yet")
     argv = ["bench/relay_vs_transcode.py"]
-    out = run_script(argv, 1800)
-    rows = []
-    for line in out.splitlines():  # any line that states a ratio: "... 0.12x ..." or "ratio 0.12"
-        m = re.search(r"(?:ratio\s*[:=]?\s*|\*\*)([\d.]+)x?\**|\b([\d.]+)x\b", line, re.I)
-        if m and ("ratio" in line.lower() or "x" in line) and "|---" not in line:
-            value = float(m.group(1) or m.group(2))
-            rows.append(row("relay vs transcode: " + re.sub(r"\s+", " ", line.strip(" |"))[:160], value, ""))
-    if not rows:
-        raise RuntimeError(f"no ratio found in bench/relay_vs_transcode.py output: {out[-500:]!r}")
-    return {"command": "python " + " ".join(argv), "rows": rows}
+    return {"command": "python " + " ".join(argv), "rows": parse_relay_vs_transcode(run_script(argv, 1800))}
+
+
+def parse_relay_vs_transcode(out: str) -> list[dict]:
+    def cells(prefix: str) -> list[str]:
+        m = re.search(rf"^\| {re.escape(prefix)}.*$", out, re.M)
+        return [c.strip().replace("*", "") for c in m.group(0).strip("|").split("|")] if m else []
+
+    tree, ff = cells("relay CPU ÷ transcode CPU"), cells("relay's ffmpeg ÷ transcode's ffmpeg")
+    copy, enc = cells("`restream relay` (copy)"), cells("`restream relay --transcode`")
+    if not tree:
+        raise RuntimeError(f"cannot read bench/relay_vs_transcode.py output: {out[-500:]!r}")
+    ratio = float(tree[1].rstrip("x"))
+    target = tree[2]
+    limit = re.search(r"([\d.]+)", target)
+    return [row("CPU: `restream relay` (copy) vs `restream relay --transcode`, same 720p30 publisher, 5 receivers, "
+                "whole tree", ratio,
+                (f"{copy[1]} s vs {enc[1]} s; " if copy and enc else "") +
+                (f"their ffmpeg alone {ff[1]}" if ff else ""), target,
+                ratio <= float(limit.group(1)) if limit else None)]
 
 
 # -- faults: reconnect time and others' delivery while one is paused, restream vs ffmpeg by hand -----------------
