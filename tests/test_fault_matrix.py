@@ -326,7 +326,9 @@ def test_input_stalls(procs, add, tmp_path):
         errors = [e["message"] for e in go.events if e["event"] == "log" and e["level"] == "error"]
         print(f"input stalled: restream exited {rc} ({end['reason']}) {took:.1f} s after the stall; "
               f"ffmpeg {end['ffmpeg_returncode']}; errors {errors}")
-        assert end["event"] == "end" and (rc, end["exit_code"], end["reason"]) == (0, 0, "input ended"), end
+        # a live input that stalls is a failed broadcast, not a normal end: scripts must be able to tell
+        assert end["event"] == "end" and (rc, end["exit_code"]) == (5, 5), end
+        assert end["reason"].startswith("input failed:") and "demuxing" in end["reason"], end
         assert 8 <= took <= 35, f"ended {took:.1f} s after the stall (rw_timeout is 10 s)"
         assert any("Error during demuxing" in m for m in errors), errors
         stall_states = [(n, e["state"]) for n in recs for e in go.states(n) if stalled < _ts(e) < _ts(end) - 0.5]

@@ -137,6 +137,7 @@ class Broadcast:
         self.watch = watch
         self.gate, self.once = gate, once  # relay mode: an ingest.IngestGate in front of ffmpeg's listener
         self._codec_checked = False
+        self.input_error: str | None = None  # ffmpeg said reading the input failed (ffmpeg still exits 0)
         self.publishers = 0  # relay mode: publishers whose key was verified so far
         self._srt_errors: dict[str, float] = {}
         self._srt_since = 0.0
@@ -306,15 +307,18 @@ class Broadcast:
     def _finish(self, rc: int) -> int:
         delivered = {n: self.state.get(n) == ev.LIVE for n in self.targets}
         for name in self.targets:
+            last = self.last_error.get(name)
+            why = "never went live" if not self.ever_live.get(name) else "not live when the broadcast ended"
             self._set(name, ev.STOPPED if delivered[name] else ev.FAILED,
-                      None if delivered[name] else ("never went live" if not self.ever_live.get(name)
-                                                    else "not live when the broadcast ended"))
+                      None if delivered[name] else (f"{why}; last error: {last}" if last else why))
         if self.stop_reason == "interrupted":
             code, reason = 130, "interrupted"
         elif self.stop_reason == "terminated":
             code, reason = 143, "terminated"
         elif rc != 0:
             code, reason = 5, f"ffmpeg failed (exit status {rc if rc >= 0 else 'signal ' + str(-rc)})"
+        elif self.input_error and self.inp.live and self.gate is None:
+            code, reason = 5, f"input failed: {self.input_error}"  # a live source that stalled or broke
         else:
             code = exit_code(delivered)
             reason = "duration reached" if self.duration else "input ended"
@@ -373,6 +377,8 @@ class Broadcast:
             if not line.strip():
                 continue
             log = ev.parse_log_line(line, time.time())
+            if "Error during demuxing" in log.text or "Error retrieving a packet from demuxer" in log.text:
+                self.input_error = log.text.split("] ", 1)[-1]
             if self.gate is not None and any(r in log.text for r in RELAY_ROUTINE):
                 log = ev.Log(log.ts, "info", log.text)
             self._srt_log(log.text)
