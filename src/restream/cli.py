@@ -565,7 +565,7 @@ def go_cmd(
     skip: SkipOpt = None,
     record: Annotated[Optional[str], typer.Option("--record", metavar="FILE", help="Also record locally (.mkv .mp4 .flv .ts).")] = None,
     duration: Annotated[Optional[str], typer.Option("--duration", metavar="90s|30m|2h", help="Stop cleanly after this long.")] = None,
-    video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="Video bitrate (CBR).")] = "4500k",
+    video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="Video bitrate (CBR-style: maxrate = bitrate, buffer = 2x).")] = "4500k",
     audio_bitrate: Annotated[str, typer.Option("--audio-bitrate", help="AAC bitrate.")] = "160k",
     size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Scale to this size.")] = None,
     fps: Annotated[Optional[str], typer.Option("--fps", help="Convert to this frame rate.")] = None,
