@@ -199,6 +199,13 @@ def measure_faults(fast: bool, kills: int = 5, pause_s: float = 20.0) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
 def _measure_faults(tmp: Path, kills: int, pause_s: float) -> dict:
     from faultproxy import FaultProxy
     from soak import SoakReceiver, _port_state, _status_kb, _ts, media_duration
@@ -323,7 +330,10 @@ def _measure_faults(tmp: Path, kills: int, pause_s: float) -> dict:
             proxies[s].pause()
         p0 = time.time()
         frozen = {s: proxies[s].bytes_forwarded for s in sides}
-        time.sleep(pause_s)
+        trace = []  # (time, {side: {name: size}}) every 0.1 s: does any other destination stall meanwhile?
+        while time.time() < p0 + pause_s:
+            trace.append((time.time(), {s: {n: _size(files[s][n][-1]) for n in ("a", "b")} for s in sides}))
+            time.sleep(0.1)
         sizes1 = {s: {n: files[s][n][-1].stat().st_size for n in names} for s in sides}
         p1 = time.time()
         leaked = {s: proxies[s].bytes_forwarded - frozen[s] for s in sides}
@@ -359,6 +369,17 @@ def _measure_faults(tmp: Path, kills: int, pause_s: float) -> dict:
         return (sizes1[s][n] - sizes0[s][n]) * (dur[f] / size) / (p1 - p0) if size else float("nan")
 
     others = {s: statistics.fmean(window(s, n) for n in ("a", "b")) for s in sides}
+
+    def longest_stall(s: str, n: str) -> float:
+        """Longest time a's or b's file did not grow during the pause (a healthy one grows every ~0.2 s)."""
+        worst, since, last = 0.0, trace[0][0], trace[0][1][s][n]
+        for t, sizes in trace[1:]:
+            if sizes[s][n] != last:
+                since, last = t, sizes[s][n]
+            worst = max(worst, t - since)
+        return worst
+
+    stall = {s: max(longest_stall(s, n) for n in ("a", "b")) for s in sides}
     f_states = [(e["state"], e.get("error")) for e in go_events if e.get("event") == "state"
                 and e["destination"] == "f" and p0 <= _ts(e)]
     end = next((e for e in go_events if e.get("event") == "end"), {})
@@ -373,7 +394,10 @@ def _measure_faults(tmp: Path, kills: int, pause_s: float) -> dict:
               "pause": {"seconds": p1 - p0, "others_restream": others["restream"], "others_hand": others["hand"],
                         "proxy_leaked_bytes": leaked, "f_states_after_pause": f_states,
                         "f_final": (end.get("destinations") or {}).get("f"),
-                        "f_window": {s: window(s, "f") for s in sides}},
+                        "f_window": {s: window(s, "f") for s in sides},
+                        "windows": {s: {n: window(s, n) for n in names} for s in sides},
+                        "longest_stall_of_others_s": stall,
+                        "received_s": {s: {n: sum(dur[f] for f in files[s][n]) for n in names} for s in sides}},
               "hwm_kb": hwm, "rows": [
         row(f"reconnect time after a receiver returns (listening -> receiving media), restream vs the same "
             f"ffmpeg argv by hand, both at once, median of {kills}", med["restream"] / med["hand"],
@@ -382,7 +406,8 @@ def _measure_faults(tmp: Path, kills: int, pause_s: float) -> dict:
             if lives else f"{med['restream']:.2f} s vs {med['hand']:.2f} s", "", None),
         row(f"others' delivery while one destination is paused {pause_s:.0f} s (proxy stops forwarding): "
             f"received seconds / wall seconds of a and b during the pause, restream", others["restream"],
-            f"by hand, same argv, same pause: {others['hand']:.3f}; f itself received {f_share['restream']:.3f} "
+            f"by hand, same argv, same pause: {others['hand']:.3f}; longest time a or b got nothing during the pause "
+            f"{stall['restream']:.1f} s (by hand {stall['hand']:.1f} s); f itself received {f_share['restream']:.3f} "
             f"(by hand {f_share['hand']:.3f}) of what a received over the run; restream's states for f from the "
             f"pause on: {', '.join(s for s, _ in f_states) or 'none'}{stayed}; exit codes {go_code}/{hand_code}",
             ">= 0.98", others["restream"] >= 0.98),
@@ -412,7 +437,8 @@ def soak_figures(path: Path) -> dict:
         print("soak plot skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
     d = r["destinations"]
     return {"command": r["command"], "date": r["date"], "minutes": r["minutes"], "go": " ".join(r["go_argv"]),
-            "faults": len(r["faults"]), "interval": r["fault_interval_s"], "exit_code": r["exit_code"],
+            "faults": len(r["faults"]), "interval": r["fault_interval_s"],
+            "random_phase": bool(r.get("downtime_random_phase")), "exit_code": r["exit_code"],
             "reason": (r.get("end") or {}).get("reason"), "ffmpeg_restarts": r["ffmpeg_restarts"],
             "ffmpeg_pids": r["ffmpeg_pids"], "reconnect": r["reconnect_s"], "rss": r["rss_mb"],
             "machine": r["machine"], "all_files_decode": r["all_files_decode"],
@@ -510,7 +536,10 @@ def render(results: dict, soak: dict | None) -> str:
             "burst, so the stream time runs slightly ahead of the wall clock from the first `live` event.",
             "",
             f"* reconnect time, new receiver listening -> restream's `live` event: median **{rc['median']:.2f} s**, "
-            f"max {rc['max']:.2f} s over {rc['n']} kills ({', '.join(f'{x:.2f}' for x in rc['all'])}).",
+            f"max {rc['max']:.2f} s over {rc['n']} kills ({', '.join(f'{x:.2f}' for x in rc['all'])})"
+            + ("." if s.get("random_phase") else
+               ": this soak's downtimes were whole seconds, so every restart fell at the same phase of the "
+               "publisher's 1 s retry period; the reconnect row of the table above restarts at a random phase."),
             f"* ffmpeg restarts: **{s['ffmpeg_restarts']}** (broadcasting ffmpeg PIDs seen among restream's children, "
             f"sampled every second: {s['ffmpeg_pids']}).",
             f"* Python RSS (VmRSS every 10 s): {rs['after_1min']} MB after 1 minute, {rs['max']} MB max, "
@@ -539,6 +568,8 @@ def main() -> int:
     ap.add_argument("--only", metavar="NAME", help="run only this bench: " + ", ".join(
         [n for n, _, _ in BENCHES] + ["soak"]))
     ap.add_argument("--soak-json", type=Path, help="the soak's result (default: the newest in the temp directory)")
+    ap.add_argument("--render", action="store_true", help="run nothing: rewrite the document from the stored figures "
+                    "(and --soak-json)")
     ap.add_argument("--out", type=Path, default=DOC)
     args = ap.parse_args()
     names = {n for n, _, _ in BENCHES} | {"soak"}
@@ -549,7 +580,7 @@ def main() -> int:
     soak = old.get("soak")
     failed = []
     for name, fn, slow in BENCHES:
-        if args.only and args.only != name or not args.only and args.skip_slow and slow:
+        if args.render or args.only and args.only != name or not args.only and args.skip_slow and slow:
             continue
         before = load()
         try:
@@ -569,7 +600,10 @@ def main() -> int:
         for r in res["rows"]:
             shown = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
             print(f"{name}: {r['what']}: {shown}  {r['detail']}")
-    if args.only == "soak" or not args.only and not args.skip_soak and not args.skip_slow:
+    if args.render:
+        if args.soak_json:
+            soak = soak_figures(args.soak_json)
+    elif args.only == "soak" or not args.only and not args.skip_soak and not args.skip_slow:
         path = args.soak_json or Path(tempfile.gettempdir()) / f"restream-soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
         run_script(["bench/soak.py", "--minutes", "30", "--out", str(path)], 3600)
         soak = soak_figures(path)

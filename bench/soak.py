@@ -439,7 +439,7 @@ def run(args, work: Path) -> dict:
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python bench/soak.py " + " ".join(sys.argv[1:]),
         "go_argv": ["restream", "go", *GO_ARGS, "--duration", f"{args.minutes:g}m"],
-        "minutes": args.minutes, "fault_interval_s": interval,
+        "minutes": args.minutes, "fault_interval_s": interval, "downtime_random_phase": True,
         "machine": {"cpus": os.cpu_count(), "load_before": load_before, "load_after": load_after,
                     "load_1min_mean": round(statistics.fmean(l for _, l in sampler.load), 2) if sampler.load else None,
                     "load_1min_max": round(max(l for _, l in sampler.load), 2) if sampler.load else None},
