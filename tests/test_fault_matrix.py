@@ -164,7 +164,9 @@ def test_paused(procs, add):
     assert proxy.bytes_forwarded == frozen, "the proxy forwarded while paused"
     proxy.resume()
     resumed = time.time()
-    assert during["time_s"] - before["time_s"] >= pause_s - 1.0, \
+    # a stalled tee would advance ~0 s; progress arrives in ~1 s steps and a loaded 2-core machine runs the
+    # encode a little below real time, so the bound is 60 % of the pause, not the whole of it
+    assert during["time_s"] - before["time_s"] >= 0.6 * pause_s, \
         f"the encode slowed down during the {pause_s:.1f} s pause: {timeline(go)}; f {states(go, 'f')}"
     assert go.state_now("a") == go.state_now("b") == "live"
     # a stall this short and this small (~270 kB) fits in loopback socket buffers: f may stay live throughout;
@@ -199,7 +201,7 @@ def test_throttled_below_the_bitrate(procs, add):
     proxy.throttle(None)
     lifted = time.time()
     assert got <= rate * throttled_s * 1.2 + 64 * 1024, f"{got} bytes in {throttled_s:.1f} s: not throttled"
-    assert during["time_s"] - before["time_s"] >= throttled_s - 1.0, \
+    assert during["time_s"] - before["time_s"] >= 0.6 * throttled_s, \
         f"the encode slowed down with f throttled for {throttled_s:.1f} s: {timeline(go)}; f {states(go, 'f')}"
     assert go.state_now("a") == go.state_now("b") == "live"
     assert {s for s, _ in states(go, "f")} <= {"connecting", "live", "retrying"}, states(go, "f")
