@@ -281,6 +281,57 @@ class _Csid:
 _MSG_HEADER_LEN = (11, 7, 3, 0)
 
 
+def _read_header(buf: bytearray, pos: int, n: int, states: dict, new_state: type):
+    """One chunk header at ``pos`` (basic header, message header, extended timestamp), applied to the csid's state.
+
+    Returns (payload position, fmt, csid, state, length, type_id, stream_id, timestamp field, extended) or None when
+    ``buf`` does not hold the whole header yet. Shared by ChunkParser and ChunkRewriter.
+    """
+    b0 = buf[pos]
+    fmt = b0 >> 6
+    csid = b0 & 0x3F
+    p = pos + 1
+    if csid == 0:
+        if n < p + 1:
+            return None
+        csid = 64 + buf[p]
+        p += 1
+    elif csid == 1:
+        if n < p + 2:
+            return None
+        csid = 64 + buf[p] + (buf[p + 1] << 8)
+        p += 2
+    mh = _MSG_HEADER_LEN[fmt]
+    if n < p + mh:
+        return None
+    st = states.get(csid)
+    if st is None:
+        if fmt != 0:
+            raise RtmpError(f"chunk fmt {fmt} on chunk stream {csid} before any fmt 0 header")
+        st = states[csid] = new_state()
+    length, type_id, stream_id = st.length, st.type_id, st.stream_id
+    if fmt == 3:
+        ext = st.ext
+        field = st.field
+    else:
+        field = (buf[p] << 16) | (buf[p + 1] << 8) | buf[p + 2]
+        if fmt <= 1:
+            length = (buf[p + 3] << 16) | (buf[p + 4] << 8) | buf[p + 5]
+            type_id = buf[p + 6]
+            if fmt == 0:
+                stream_id = int.from_bytes(buf[p + 7:p + 11], "little")
+        ext = field == 0xFFFFFF
+    p += mh
+    if ext:
+        if n < p + 4:
+            return None
+        ext_value = int.from_bytes(buf[p:p + 4], "big")
+        p += 4
+        if fmt != 3:
+            field = ext_value
+    return p, fmt, csid, st, length, type_id, stream_id, field, ext
+
+
 class ChunkParser:
     """Incremental chunk stream parser: ``feed`` bytes, get the messages completed by them.
 
@@ -306,48 +357,10 @@ class ChunkParser:
         out: list[Message] = []
         states = self._states
         while pos < n:
-            b0 = buf[pos]
-            fmt = b0 >> 6
-            csid = b0 & 0x3F
-            p = pos + 1
-            if csid == 0:
-                if n < p + 1:
-                    break
-                csid = 64 + buf[p]
-                p += 1
-            elif csid == 1:
-                if n < p + 2:
-                    break
-                csid = 64 + buf[p] + (buf[p + 1] << 8)
-                p += 2
-            mh = _MSG_HEADER_LEN[fmt]
-            if n < p + mh:
+            header = _read_header(buf, pos, n, states, _Csid)
+            if header is None:
                 break
-            st = states.get(csid)
-            if st is None:
-                if fmt != 0:
-                    raise RtmpError(f"chunk fmt {fmt} on chunk stream {csid} before any fmt 0 header")
-                st = states[csid] = _Csid()
-            length, type_id, stream_id = st.length, st.type_id, st.stream_id
-            if fmt == 3:
-                ext = st.ext
-                field = st.field
-            else:
-                field = (buf[p] << 16) | (buf[p + 1] << 8) | buf[p + 2]
-                if fmt <= 1:
-                    length = (buf[p + 3] << 16) | (buf[p + 4] << 8) | buf[p + 5]
-                    type_id = buf[p + 6]
-                    if fmt == 0:
-                        stream_id = int.from_bytes(buf[p + 7:p + 11], "little")
-                ext = field == 0xFFFFFF
-            p += mh
-            if ext:
-                if n < p + 4:
-                    break
-                ext_value = int.from_bytes(buf[p:p + 4], "big")
-                p += 4
-                if fmt != 3:
-                    field = ext_value
+            p, fmt, csid, st, length, type_id, stream_id, field, ext = header
             continuation = fmt == 3 and st.remaining > 0
             if continuation:
                 size = st.remaining if st.remaining < self.chunk_size else self.chunk_size
@@ -473,48 +486,10 @@ class ChunkRewriter:
         states = self._states
         while pos < n:
             start = pos
-            b0 = buf[pos]
-            fmt = b0 >> 6
-            csid = b0 & 0x3F
-            p = pos + 1
-            if csid == 0:
-                if n < p + 1:
-                    break
-                csid = 64 + buf[p]
-                p += 1
-            elif csid == 1:
-                if n < p + 2:
-                    break
-                csid = 64 + buf[p] + (buf[p + 1] << 8)
-                p += 2
-            mh = _MSG_HEADER_LEN[fmt]
-            if n < p + mh:
+            header = _read_header(buf, pos, n, states, _RCsid)
+            if header is None:
                 break
-            st = states.get(csid)
-            if st is None:
-                if fmt != 0:
-                    raise RtmpError(f"chunk fmt {fmt} on chunk stream {csid} before any fmt 0 header")
-                st = states[csid] = _RCsid()
-            length, type_id, stream_id = st.length, st.type_id, st.stream_id
-            if fmt == 3:
-                ext = st.ext
-                field = st.field
-            else:
-                field = (buf[p] << 16) | (buf[p + 1] << 8) | buf[p + 2]
-                if fmt <= 1:
-                    length = (buf[p + 3] << 16) | (buf[p + 4] << 8) | buf[p + 5]
-                    type_id = buf[p + 6]
-                    if fmt == 0:
-                        stream_id = int.from_bytes(buf[p + 7:p + 11], "little")
-                ext = field == 0xFFFFFF
-            p += mh
-            if ext:
-                if n < p + 4:
-                    break
-                ext_value = int.from_bytes(buf[p:p + 4], "big")
-                p += 4
-                if fmt != 3:
-                    field = ext_value
+            p, fmt, csid, st, length, type_id, stream_id, field, ext = header
             cs = self.chunk_size
             continuation = fmt == 3 and st.remaining > 0
             if continuation:
