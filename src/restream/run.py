@@ -310,7 +310,7 @@ class Broadcast:
             last = self.last_error.get(name)
             why = "never went live" if not self.ever_live.get(name) else "not live when the broadcast ended"
             self._set(name, ev.STOPPED if delivered[name] else ev.FAILED,
-                      None if delivered[name] else (f"{why}; last error: {last}" if last else why))
+                      None if delivered[name] else (f"{why} ({last})" if last else why))
         if self.stop_reason == "interrupted":
             code, reason = 130, "interrupted"
         elif self.stop_reason == "terminated":
