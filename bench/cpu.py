@@ -49,7 +49,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 
-from restream import plan
+from restream import plan, ports
 
 FFMPEG = os.environ.get("RESTREAM_FFMPEG") or imageio_ffmpeg.get_ffmpeg_exe()
 TICK = os.sysconf("SC_CLK_TCK")
@@ -59,34 +59,11 @@ COLS, ROWS = 100, 30
 
 # -- processes ------------------------------------------------------------------------------------------------------
 
-def _listening(port: int) -> bool:
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            for line in Path(name).read_text().splitlines()[1:]:
-                parts = line.split()
-                if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-        except (OSError, IndexError, ValueError):
-            continue
-    return False
-
-
 _taken: set[int] = set()
 
 
 def free_port() -> int:
-    for _ in range(1000):
-        port = random.randint(20000, 30000)
-        if port in _taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _taken.add(port)
-        return port
-    raise RuntimeError("no free port")
+    return ports.free_port(_taken)
 
 
 @dataclass
@@ -105,7 +82,7 @@ class Receiver:
              "-i", f"{self.url}/{self.key}", "-c", "copy", "-f", "null", "-"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
-        while not _listening(self.port):
+        while not ports.listening(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"receiver on {self.port} did not start")
             time.sleep(0.01)
