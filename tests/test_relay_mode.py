@@ -140,8 +140,9 @@ class Relay:
         """The ``count``-th publisher has disconnected and its ffmpeg has ended (a new listener has started).
         (The "publisher gone" notice is not waited for: like any identical message, it is shown once a minute.)"""
         self.wait_log("disconnected", count, timeout)
-        before = set(self.ffmpegs())
-        wait_for(lambda: set(self.ffmpegs()) - before, timeout, what=f"a new ffmpeg after session {count}")
+        # ffmpegs() lists every broadcasting ffmpeg ever seen, one per session: session ``count`` is over once the
+        # (count+1)-th has started (a snapshot taken now could already hold it: that raced)
+        wait_for(lambda: len(self.ffmpegs()) > count, timeout, what=f"a new ffmpeg after session {count}")
 
     def summary(self) -> list:
         return [(e["event"], e.get("destination") or e.get("message") or e.get("reason")) for e in self.events
