@@ -262,9 +262,9 @@ def test_publish_through_relay_reaches_receiver_with_exact_key(relay, receivers)
     assert media.duration > 3.0
     assert (media.video_codec, media.audio_codec) == ("h264", "aac")
     assert rx.stream_names() == []  # the receiver saw exactly its key
-    relay.wait_event("disconnected")
-    assert relay.kinds(0) == ["connecting", "live", "disconnected"]
-    assert relay.events[-1].error is None and relay.events[-1].name == "yt"
+    relay.wait_event("ended")
+    assert relay.kinds(0) == ["connecting", "live", "ended"]
+    assert relay.events[-1].error is None and relay.events[-1].name == "yt"  # ffmpeg unpublished: a clean end
     (s0, s1) = relay.relay.stats()
     assert s0.name == "yt" and s0.sessions == 1 and not s0.connected and not s0.live
     assert s0.bytes_up > 100_000 and s1.bytes_up == 0 and s1.name is None
@@ -284,7 +284,7 @@ def test_forwarded_commands_carry_destination_app_tcurl_and_exact_key(relay, key
         pub.wait(30)
     finally:
         stop(pub)
-    relay.wait_event("disconnected")
+    relay.wait_event("ended")
     cmds = server.commands()
     (connect,) = cmds["connect"]
     assert connect[2]["app"] == "live?x=1"
@@ -296,7 +296,7 @@ def test_forwarded_commands_carry_destination_app_tcurl_and_exact_key(relay, key
     assert {rtmp.AUDIO, rtmp.VIDEO, rtmp.SET_CHUNK_SIZE} <= types and rtmp.ABORT not in types
     everything = b"".join(m.payload for m in server.messages)
     assert b"slot-0" not in everything and b"/slot" not in everything
-    assert relay.kinds(0) == ["connecting", "live", "disconnected"]
+    assert relay.kinds(0) == ["connecting", "live", "ended"]
     no_key_in_events(relay, key)
 
 
@@ -413,7 +413,7 @@ def test_rtmps_upstream_verified_with_ca_file(relay, receivers, monkeypatch):
     media = probe(rx.out)
     assert media.decodes and media.duration > 2.0, media.errors
     assert rx.stream_names() == []
-    assert relay.kinds(0) == ["connecting", "live", "disconnected"]
+    assert relay.kinds(0) == ["connecting", "live", "ended"]
 
     # the same front without the CA: verification fails, the key is not in the error
     n = len(relay.events)
@@ -443,7 +443,7 @@ def test_rtmps_honours_ssl_cert_file(relay, monkeypatch):
         pub.wait(20)
     finally:
         stop(pub)
-    relay.wait_event("disconnected")
+    relay.wait_event("ended")
     assert "live" in relay.kinds(0)
     assert [v[3] for v in server.commands()["publish"]] == ["k"]
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 # Destination states, in the order a healthy destination passes them.
 CONNECTING, LIVE, RETRYING, FAILED, STOPPED = "connecting", "live", "retrying", "failed", "stopped"
+STALLED = "stalled"  # live, but the destination has taken no data for a while (it is not reading)
+WAITING = "waiting"  # relay mode: no publisher is connected; the destination waits for the next one
 ADDED, REMOVED = "added", "removed"  # a destination assigned to / taken off a slot while live
-STATES = (CONNECTING, LIVE, RETRYING, FAILED, STOPPED, ADDED, REMOVED)
+STATES = (CONNECTING, LIVE, STALLED, RETRYING, WAITING, FAILED, STOPPED, ADDED, REMOVED)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class DestState:
     state: str
     error: str | None = None
     url: str | None = None  # with ADDED: the destination's URL (no key)
+    since: float | None = None  # with STALLED: ts of the last byte the destination took
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Ended:
     exit_code: int
     reason: str  # "input ended", "duration reached", "interrupted", "terminated", "ffmpeg failed: …"
     ffmpeg_returncode: int | None = None
+    sessions: int | None = None  # relay mode: publisher sessions carried
 
 
 Event = Started | Progress | DestState | Traffic | Log | Ended

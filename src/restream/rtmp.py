@@ -477,6 +477,10 @@ class ChunkRewriter:
         """Bytes received and not yet forwarded (an incomplete chunk, and held messages)."""
         return len(self._tail) + sum(len(r) for st in self._states.values() if st.hold for r in st.parts)
 
+    def at_message_boundary(self) -> bool:
+        """Everything fed so far was forwarded whole: no partial chunk, no message in progress."""
+        return not self._tail and not any(st.remaining for st in self._states.values())
+
     def feed(self, data: bytes) -> bytes:
         buf = self._tail + data if self._tail else bytes(data)
         n = len(buf)

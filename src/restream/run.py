@@ -19,14 +19,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from restream import events as ev
-from restream import plan
+from restream import lifecycle, plan
 from restream.errors import BroadcastError
 from restream.redact import Redactor
-from restream.slotrelay import SlotEvent, SlotRelay, Upstream
+from restream.slotrelay import STALL_TIMEOUT_S, SlotEvent, SlotRelay, Upstream
 
 SLOTS = 5
-STOP_GRACE_S = 4.0  # after "q", before the first signal
-SIGNAL_GRACE_S = 3.0  # after each signal, before the next (a stalled ffmpeg needs a second one)
+# The end is bounded: from the moment the stop began, ffmpeg is gone within END_BOUND_S.
+END_GRACE_S = 3.0  # a soft stop (input or -t ended): ffmpeg ends by itself within this, else "q"
+Q_GRACE_S = 5.0  # after the stop began: "q" was not enough, first SIGINT
+SIGNAL_GRACE_S = 1.5  # after each signal, before the next (a stalled ffmpeg needs a second one); SIGKILL last
+END_BOUND_S = Q_GRACE_S + 2 * SIGNAL_GRACE_S + 1.0
+END_SLACK_S = 0.25  # stream time this close to the end (-t, a file's length) counts as the end
 TRAFFIC_INTERVAL_S = 1.0
 SRT_SETTLE_S = 3.0
 WATCH_INTERVAL_S = 0.5
@@ -90,14 +94,14 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
-def exit_code(delivered: dict[str, bool]) -> int:
-    """Input ended: 0 if every destination delivered, 1 if some did not, 5 if none did."""
-    if not delivered or not any(delivered.values()):
-        return 5
-    return 0 if all(delivered.values()) else 1
-
-
 class Broadcast:
+    """One broadcast: the relay, ffmpeg (one process; relay mode runs one per publisher session), the stop.
+
+    What happens is fed to ``lifecycle`` (pure), which decides every destination's state and verdict; this class
+    only turns slot events, ingest events, signals and ffmpeg's exit into lifecycle events and the lifecycle's
+    changes into ``events.DestState``.
+    """
+
     def __init__(
         self,
         ffmpeg: str,
@@ -113,65 +117,75 @@ class Broadcast:
         font: str | None = None,
         queue_size: int = 600,
         input_label: str = "",
+        input_duration: float | None = None,
         watch: tuple[Path, Callable[[], list[Target]]] | None = None,
         gate=None,
         once: bool = False,
         secrets: tuple[str, ...] = (),
+        stall_timeout: float = STALL_TIMEOUT_S,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.ffmpeg, self.inp, self.enc = ffmpeg, inp, enc
         self.emit = on_event
         self.profile, self.ffmpeg_label, self.input_label = profile, ffmpeg_label, input_label
         self.record, self.duration, self.font, self.queue_size = record, duration, font, queue_size
+        self.input_duration = input_duration  # a file's known length (not looped): its end is the stop
         self.targets: dict[str, Target] = {t.name: t for t in targets}
         self.secrets = tuple(secrets)  # besides the destinations' keys, e.g. relay mode's ingest key
         self.redact = Redactor([*(t.key for t in targets), *self.secrets])
-        self.relay = SlotRelay(SLOTS, on_event=self._on_slot)
+        self.relay = SlotRelay(SLOTS, on_event=self._on_slot, stall_timeout=stall_timeout)
         self.slot_of: dict[str, int] = {}
-        self.state: dict[str, str] = {}
-        self.ever_live: dict[str, bool] = {}
-        self.last_error: dict[str, str | None] = {}
         self.proc: asyncio.subprocess.Process | None = None
         self.stop_reason: str | None = None
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()       # the stop began
+        self._hard = False                 # ... by a signal or a request: ask ffmpeg to end now
+        self._stop_at = 0.0                # time.monotonic() when it began
+        self._signalled = False            # restream had to signal ffmpeg to end it
         self.relay_slots = SLOTS
         self.watch = watch
         self.gate, self.once = gate, once  # relay mode: an ingest.IngestGate in front of ffmpeg's listener
+        self.on_ready = on_ready
+        self.life = lifecycle.initial([t.name for t in targets], relay=gate is not None)
         self._codec_checked = False
         self.input_error: str | None = None  # ffmpeg said reading the input failed (ffmpeg still exits 0)
         self.publishers = 0  # relay mode: publishers whose key was verified so far
+        self._publishing: set[str] = set()  # relay mode: peers announced as publishing
         self._srt_errors: dict[str, float] = {}
         self._srt_since = 0.0
         self._quiet_ports: set[str] = set()
+        self._started_at: float | None = None
 
     # -- state ------------------------------------------------------------------------------------------------
 
-    def _set(self, name: str, state: str, error: str | None = None, url: str | None = None) -> None:
-        transition = state in (ev.ADDED, ev.REMOVED)
-        if not transition and self.state.get(name) == state and self.last_error.get(name) == error:
+    def _feed(self, e: lifecycle.Event) -> None:
+        old, self.life = self.life, lifecycle.step(self.life, e)
+        if old is self.life:
             return
-        if not transition:
-            self.state[name] = state
-            self.last_error[name] = error
-        if state == ev.LIVE:
-            self.ever_live[name] = True
-        self.emit(ev.DestState(time.time(), name, state, self.redact(error) if error else None, url))
+        for name, state, error in lifecycle.changes(old, self.life):
+            d = self.life.dest(name)
+            since = d.stalled_since if d is not None and state == ev.STALLED else None
+            self.emit(ev.DestState(time.time(), name, state, self.redact(error) if error else None, since=since))
 
     def _on_slot(self, e: SlotEvent) -> None:
         name = e.name
         if name is None or self.slot_of.get(name) != e.slot:
             return
-        current = self.state.get(name)
-        if e.kind == "connecting":
-            # a new session after a live one is a reconnection
-            if current == ev.RETRYING:
-                return  # another attempt: still retrying, with the same last error
-            self._set(name, ev.RETRYING if current == ev.LIVE else ev.CONNECTING)
-        elif e.kind == "live":
-            self._set(name, ev.LIVE)
-        elif e.kind == "disconnected" and e.error and not self._stop.is_set():
-            self._set(name, ev.RETRYING, e.error)
-        # a session that ffmpeg itself closed without error is the end of the stream, or ffmpeg about to
-        # reconnect (then "connecting" follows): the state stays as it is until we know which
+        kind = e.kind
+        if kind == "connecting":
+            self._feed(lifecycle.Connecting(name))
+        elif kind == "live":
+            self._feed(lifecycle.Live(name))
+        elif kind == "stalled":
+            self._feed(lifecycle.Stalled(name, e.since or time.time()))
+        elif kind == "resumed":
+            self._feed(lifecycle.Resumed(name))
+        elif kind == "ended":
+            self._feed(lifecycle.Unpublished(name))
+        elif kind == "forced":
+            self._feed(lifecycle.Forced(name, self.redact(e.error or "held up the end")))
+            self.emit(ev.Log(time.time(), "warning", f"{name}: {self.redact(e.error or 'held up the end')}"))
+        elif kind in ("disconnected", "refused"):
+            self._feed(lifecycle.Down(name, self.redact(e.error) if e.error else None))
 
     # -- slots ------------------------------------------------------------------------------------------------
 
@@ -187,6 +201,8 @@ class Broadcast:
     def apply(self, targets: list[Target]) -> list[str]:
         """Change the running broadcast to ``targets`` (live add/remove/edit); returns problems, if any."""
         problems: list[str] = []
+        if self.life.stopping:
+            return problems
         wanted = {t.name: t for t in targets}
         self.redact = Redactor([*(t.key for t in targets), *(t.key for t in self.targets.values()), *self.secrets])
         for name in list(self.targets):
@@ -198,10 +214,10 @@ class Broadcast:
                 problems.append(f"{name}: SRT destinations cannot be changed while live")
                 continue
             slot = self.slot_of.pop(name)
-            self.relay.assign(slot, None)
+            self.relay.assign(slot, None)  # a live session is unpublished, flushed and closed in order
             del self.targets[name]
-            self.state.pop(name, None)
-            self._set(name, ev.REMOVED)
+            self._feed(lifecycle.Removed(name))
+            self.emit(ev.DestState(time.time(), name, ev.REMOVED))
         for name, t in wanted.items():
             if name in self.targets:
                 continue
@@ -214,57 +230,81 @@ class Broadcast:
                 continue
             self.targets[name] = t
             self.slot_of[name] = free[0]
-            self._set(name, ev.ADDED, url=t.server_url)
-            self._set(name, ev.CONNECTING)
+            self._feed(lifecycle.Added(name))
+            self.emit(ev.DestState(time.time(), name, ev.ADDED, url=t.server_url))
+            d = self.life.dest(name)
+            self.emit(ev.DestState(time.time(), name, d.state if d else ev.CONNECTING))
             self.relay.assign(free[0], t.upstream())
         return problems
 
-    # -- process ----------------------------------------------------------------------------------------------
+    # -- stopping ---------------------------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
+        """Stop now (a signal, or --once's publisher gone): ffmpeg is asked to end at once."""
+        self._begin_stop(reason, hard=True)
+
+    def _begin_stop(self, reason: str, hard: bool) -> None:
+        """The stop began: verdicts are taken now; what follows is part of stopping. ``hard``: ffmpeg is asked
+        to end now; otherwise (its input or ``-t`` ends it) it gets ``END_GRACE_S`` to end by itself."""
+        if hard and not self._hard and self._stop.is_set():
+            self._hard = True  # a signal during a soft stop: ask ffmpeg now (the clock keeps its start)
             self.stop_reason = reason
+            self._poke.set()
+            return
+        if self._stop.is_set():
+            return
+        self.stop_reason = reason
+        self._hard = hard
+        self._stop_at = time.monotonic()
+        self._feed(lifecycle.StopBegan(reason))
+        self.relay.begin_stop()
         self._stop.set()
+
+    async def _duration_clock(self) -> None:
+        """--duration is wall time: at its end the stop begins, whatever the stream time says (-t ends ffmpeg
+        at the same stream time when the encode keeps up)."""
+        assert self.duration is not None
+        await asyncio.sleep(self.duration)
+        self._begin_stop("duration reached", hard=False)
+
+    # -- process ----------------------------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self._poke = asyncio.Event()
         await self.relay.start()
         background: list[asyncio.Task] = []
+        signals = False
         try:
             slaves = self._slaves()
             self._quiet_ports = {str(p) for p in self.relay.ports}
             p = plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration, self.queue_size, self.font)
-            for sig, reason in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
-                loop.add_signal_handler(sig, self.request_stop, reason)
-            for t in self.targets.values():
-                self.state[t.name] = ev.CONNECTING
-                self.ever_live[t.name] = False
-                if t.via_relay:
-                    self.relay.assign(self.slot_of[t.name], t.upstream())
             if self.gate is not None:
                 try:
                     await self.gate.start()
                 except OSError as exc:
                     raise BroadcastError(f"cannot listen on {self.gate.host}:{self.gate.port}: "
                                          f"{exc.strerror or exc}") from None
+            for sig, reason in ((signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated")):
+                loop.add_signal_handler(sig, self.request_stop, reason)
+            signals = True
+            for t in self.targets.values():
+                if t.via_relay:
+                    self.relay.assign(self.slot_of[t.name], t.upstream())
             background = [asyncio.create_task(self._traffic())]
             if self.watch:
                 background.append(asyncio.create_task(self._watch()))
-            seen = self.publishers
             rc = await self._session(p.argv, first=True)
-            # a rejected publisher also ends a session (ffmpeg's listener fails): that is no publisher for --once
-            while self.gate is not None and not (self.once and self.publishers) and not self._stop.is_set():
-                if self.publishers != seen:
-                    self._publisher_gone()
-                seen = self.publishers
+            while self.gate is not None and not self._stop.is_set():
                 self._codec_checked = False
                 rc = await self._session(p.argv, first=False)
             return self._finish(rc)
         finally:
             for task in background:
                 task.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            if signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
             if self.gate is not None:
                 await self.gate.close()
             await self.relay.close()
@@ -272,86 +312,140 @@ class Broadcast:
     async def _session(self, argv: tuple[str, ...], first: bool) -> int:
         """One ffmpeg process from start to exit (relay mode runs one per publisher)."""
         stdin = None if self.inp.kind == "stdin" else asyncio.subprocess.PIPE
+        self.relay.end_stop()
         self.proc = await asyncio.create_subprocess_exec(
             *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent)
+        clock = None
         if first:
+            self._started_at = time.time()
             self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, self.proc.pid,
                                  tuple((t.name, t.server_url) for t in self.targets.values())))
-            for t in self.targets.values():
-                self.emit(ev.DestState(time.time(), t.name, ev.CONNECTING))
+            for d in self.life.dests:
+                self.emit(ev.DestState(time.time(), d.name, d.state))
+            if self.on_ready is not None:
+                self.on_ready()
+            if self.gate is None and self.duration is not None:
+                clock = asyncio.create_task(self._duration_clock())
         tasks = [asyncio.create_task(c) for c in (self._read_progress(), self._read_log(), self._stopper())]
         rc = await self.proc.wait()
+        if self._stop.is_set() or self.gate is None:
+            await self.relay.settle()  # the last bytes reach the destinations (or who would not take them is named)
         await asyncio.wait(tasks[:2], timeout=2)
         for task in tasks:
             task.cancel()
+        if clock is not None:
+            clock.cancel()
+        if self.gate is not None and self.life.phase == "running":
+            self._session_over()  # ffmpeg ended without the gate saying the publisher left
         return rc
 
-    def _publisher_gone(self) -> None:
-        """Relay mode: the publisher left and its ffmpeg ended; the destinations wait for the next one."""
+    def _session_over(self) -> None:
+        """Relay mode: the publisher left; ffmpeg ends; the destinations wait for the next one (or --once ends)."""
+        if self.once:
+            self._begin_stop("publisher gone", hard=False)
+            return
+        self._feed(lifecycle.SessionEnd())
+        self.relay.begin_stop()  # this session's end: bounded like the broadcast's
         self._codec_checked = False
-        for name in self.targets:
-            self._set(name, ev.CONNECTING)
         self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
 
     def on_ingest(self, e) -> None:
         """Events of relay mode's ingest gate (an ingest.IngestEvent)."""
         if e.kind == "publishing":
             self.publishers += 1
+            self._publishing.add(e.peer)
             self.emit(ev.Log(time.time(), NOTICE, f"publisher connected from {e.peer}"))
+            if not self._stop.is_set():
+                self._feed(lifecycle.SessionStart())
         elif e.kind == "rejected":
             self.emit(ev.Log(time.time(), "warning", f"publisher from {e.peer} rejected: {e.detail}"))
-        elif e.kind == "ended":
+        elif e.kind == "ended" and e.peer in self._publishing:
+            self._publishing.discard(e.peer)
             self.emit(ev.Log(time.time(), NOTICE, f"publisher from {e.peer} disconnected"))
+            if self.life.phase == "running" and not self._stop.is_set():
+                self._session_over()
 
     def _finish(self, rc: int) -> int:
-        delivered = {n: self.state.get(n) == ev.LIVE for n in self.targets}
-        for name in self.targets:
-            last = self.last_error.get(name)
-            why = "never went live" if not self.ever_live.get(name) else "not live when the broadcast ended"
-            self._set(name, ev.STOPPED if delivered[name] else ev.FAILED,
-                      None if delivered[name] else (f"{why} ({last})" if last else why))
+        if not self._stop.is_set():
+            self._begin_stop("input ended", hard=False)  # ffmpeg ended by itself: its input ended
+        for name, verdict, why in lifecycle.final(self.life):
+            self.emit(ev.DestState(time.time(), name, verdict, self.redact(why) if why else None))
         if self.stop_reason == "interrupted":
             code, reason = 130, "interrupted"
         elif self.stop_reason == "terminated":
             code, reason = 143, "terminated"
-        elif rc != 0:
+        elif rc != 0 and not self._signalled:
             code, reason = 5, f"ffmpeg failed (exit status {rc if rc >= 0 else 'signal ' + str(-rc)})"
         elif self.input_error and self.inp.live and self.gate is None:
             code, reason = 5, f"input failed: {self.input_error}"  # a live source that stalled or broke
         else:
-            code = exit_code(delivered)
-            reason = "duration reached" if self.duration else "input ended"
-        self.emit(ev.Ended(time.time(), code, reason, rc))
+            code = lifecycle.exit_code(self.life)
+            reason = self.stop_reason or "input ended"
+        self.emit(ev.Ended(time.time(), code, reason, rc, sessions=self.life.sessions if self.gate else None))
         return code
 
     async def _stopper(self) -> None:
+        """From the moment the stop began, ffmpeg ends within END_BOUND_S whatever the destinations do: a grace
+        to end by itself (a soft stop: its input or -t ended), "q", then signals, SIGKILL last. The late steps
+        name the destinations still connected (those holding it up)."""
         await self._stop.wait()
         proc = self.proc
         assert proc is not None
+        if not self._hard and await self._until(END_GRACE_S, wake_on_hard=True):
+            return
         if proc.stdin is not None:
             try:
                 proc.stdin.write(b"q")
                 await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            if await self._exited(STOP_GRACE_S):
+        for at, sig in ((Q_GRACE_S, signal.SIGINT), (Q_GRACE_S + SIGNAL_GRACE_S, signal.SIGINT),
+                        (Q_GRACE_S + 2 * SIGNAL_GRACE_S, signal.SIGKILL)):
+            if await self._until(at):
                 return
-        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGKILL):
+            held = self._holding()
+            self.emit(ev.Log(time.time(), "warning",
+                             f"ffmpeg has not ended {time.monotonic() - self._stop_at:.1f} s after the stop began"
+                             + (f" (still connected: {', '.join(held)})" if held else "") + f"; sending {sig.name}"))
+            self._signalled = True
             try:
                 os.kill(proc.pid, sig)
             except ProcessLookupError:
                 return
-            if await self._exited(SIGNAL_GRACE_S):
-                return
 
-    async def _exited(self, timeout: float) -> bool:
+    async def _until(self, t: float, wake_on_hard: bool = False) -> bool:
+        """True once ffmpeg exited; False at ``t`` s after the stop began, or (``wake_on_hard``) when a hard stop
+        arrives during a soft one."""
+        while True:
+            left = self._stop_at + t - time.monotonic()
+            if left <= 0:
+                return False
+            self._poke.clear()
+            poke = asyncio.ensure_future(self._poke.wait())
+            try:
+                if await self._exited(left, also=poke):
+                    return True
+            finally:
+                poke.cancel()
+            if wake_on_hard and self._hard:
+                return False
+
+    def _holding(self) -> list[str]:
+        names = {slot: name for name, slot in self.slot_of.items()}
+        return [names[s.slot] for s in self.relay.stats() if s.connected and s.slot in names]
+
+    async def _exited(self, timeout: float, also: asyncio.Future | None = None) -> bool:
+        """Wait up to ``timeout`` s for ffmpeg's exit (or ``also``); True if it exited."""
         assert self.proc is not None
+        waiter = asyncio.ensure_future(self.proc.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            await asyncio.wait([waiter, *([also] if also is not None else [])], timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        return self.proc.returncode is not None
 
     async def _read_progress(self) -> None:
         parser = ev.ProgressParser()
@@ -361,6 +455,22 @@ class Broadcast:
             if progress is not None:
                 self.emit(progress)
                 self._srt_tick(progress.ts)
+                self._end_in_sight(progress)
+
+    def _end_in_sight(self, progress: ev.Progress) -> None:
+        """The stream reached its end (-t, or a file's known length): the stop began, ffmpeg is ending."""
+        if self._stop.is_set() or self.gate is not None:
+            return
+        if progress.end:
+            self._begin_stop("duration reached" if self.duration else "input ended", hard=False)
+            return
+        t = progress.out_time_s
+        if t is None:
+            return
+        if self.duration is not None and t >= self.duration - END_SLACK_S:
+            self._begin_stop("duration reached", hard=False)
+        elif self.input_duration is not None and not self.inp.loop and t >= self.input_duration - END_SLACK_S:
+            self._begin_stop("input ended", hard=False)
 
     def _noise(self, text: str) -> bool:
         """fifo recovery chatter about relay slots: the relay reports those slots' true state instead."""
@@ -408,7 +518,7 @@ class Broadcast:
         for t in self.targets.values():
             if not t.via_relay and t.server_url in text and ("Error" in text or "failed" in text):
                 self._srt_errors[t.name] = time.monotonic()
-                self._set(t.name, ev.RETRYING, text.split(": ", 1)[-1])
+                self._feed(lifecycle.Down(t.name, text.split(": ", 1)[-1]))
 
     def _srt_tick(self, now_wall: float) -> None:
         """An SRT slave counts as live once ffmpeg has been writing for a while with no error naming it."""
@@ -417,7 +527,8 @@ class Broadcast:
             self._srt_since = now
         for t in self.targets.values():
             if not t.via_relay and now - self._srt_errors.get(t.name, self._srt_since) >= SRT_SETTLE_S:
-                self._set(t.name, ev.LIVE)
+                if (d := self.life.dest(t.name)) is not None and d.state != ev.LIVE:
+                    self._feed(lifecycle.Live(t.name))
 
     async def _watch(self) -> None:
         """Apply edits of the profile file to the running broadcast (restream add/remove/enable/... elsewhere)."""

@@ -23,10 +23,13 @@ asyncio, stdlib only. Every method except ``assign`` and ``stats`` must be used 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import socket
 import ssl
+import struct
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +41,14 @@ log = logging.getLogger(__name__)
 APP = "slot"
 REDACTED = "••••"
 _WRITE_HIGH = 256 * 1024  # per socket: above it, the other socket stops being read
+ANSWER_TIMEOUT_S = 5.0    # a destination that leaves the handshake or a command unanswered this long is dropped
+STALL_AFTER_S = 5.0       # a live destination that acknowledges no byte this long (with bytes waiting) is stalled
+STALL_TIMEOUT_S = 30.0    # ... and is dropped (then reconnected by ffmpeg's fifo) after this long stalled
+STALL_BYTES = 16 * 1024   # acknowledged bytes that count as progress (a stalled peer may trickle a few bytes)
+RESUME_BYTES = 256 * 1024  # a stalled destination is live again when it drained, or took this much
+DRAIN_S = 3.0             # once the stop began: how long a live destination may take to take its last bytes
+TICK_S = 0.5              # the watchdog's period
+_ANSWERED_BY = {"connect": "connect", "createStream": "createStream", "publish": "publish"}
 
 
 @dataclass(frozen=True)
@@ -55,8 +66,10 @@ class Upstream:
 class SlotEvent:
     slot: int
     name: str | None
-    kind: str                   # "connecting" | "live" | "disconnected" | "refused"
+    kind: str                   # "connecting" | "live" | "stalled" | "resumed" | "ended" (ffmpeg unpublished in
+    #                             order) | "disconnected" | "forced" (cut while stopping) | "refused"
     error: str | None = None    # one line, never the key
+    since: float | None = None  # "stalled": time.time() of the last byte the destination acknowledged
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,8 @@ def redact(text: str, key: str) -> str:
 
 class _Session:
     __slots__ = ("slot", "upstream", "target", "pub", "dest", "connected", "live", "closing", "error",
-                 "refused", "server_error", "ended", "stopped")
+                 "refused", "server_error", "ended", "stopped", "awaiting", "awaiting_since", "unpublished",
+                 "stream_id", "acked", "acked_at", "stalled_since", "forced", "graceful")
 
     def __init__(self, slot: int, upstream: Upstream, pub: "_Publisher", ended: asyncio.Future) -> None:
         self.slot = slot
@@ -99,6 +113,15 @@ class _Session:
         self.server_error: str | None = None
         self.ended = ended          # (side "up" | "down", exception or None) of the first side to end
         self.stopped = False        # nothing more is forwarded in either direction
+        self.awaiting: str | None = None  # what the destination has yet to answer: "handshake", "connect", ...
+        self.awaiting_since = 0.0   # time.monotonic() when that was sent
+        self.unpublished = False    # ffmpeg sent FCUnpublish/deleteStream: the end of its stream, in order
+        self.stream_id = 1          # the message stream id ffmpeg publishes on
+        self.acked = -1             # the destination socket's tcpi_bytes_acked at the last watchdog tick
+        self.acked_at = 0.0         # time.monotonic() when that last grew
+        self.stalled_since: float | None = None  # time.monotonic() of the last acknowledged byte, while stalled
+        self.forced: str | None = None  # why restream cut this session short while stopping
+        self.graceful = False       # closed on purpose after flushing (unassigned while live)
 
     def end(self, side: str, exc: BaseException | None) -> None:
         self.stopped = True
@@ -207,13 +230,21 @@ class _Publisher(_Side):
             del self.pending[:need]
             self.up.write(part)
             relay._bytes[self.slot] += len(part)
+            if self.stage == 0:
+                sess.awaiting, sess.awaiting_since = "handshake", time.monotonic()
             self.stage += 1
         if self.chunks is None:
             name = placeholder(self.slot)
             target = sess.target
             assert target is not None
             keys = {name: sess.upstream.key}
-            self.chunks = rtmp.ChunkRewriter(lambda m: _check_command(m, name, keys, target))
+
+            def rewrite(m: rtmp.Message, sess: _Session = sess) -> rtmp.Message:
+                out = _check_command(m, name, keys, target)
+                _follow(sess, m)
+                return out
+
+            self.chunks = rtmp.ChunkRewriter(rewrite)
         if self.pending:
             data = bytes(self.pending)
             self.pending.clear()
@@ -275,6 +306,8 @@ class _Destination(_Side):
             n = min(self.skip, len(data))
             self.skip -= n
             data = data[n:]
+            if not self.skip and sess.awaiting == "handshake":
+                sess.awaiting = None
             if not data:
                 return
         try:
@@ -299,13 +332,21 @@ class _Destination(_Side):
 
 class SlotRelay:
     def __init__(self, slots: int = 5, host: str = "127.0.0.1",
-                 on_event: Callable[[SlotEvent], None] | None = None, connect_timeout: float = 5.0) -> None:
+                 on_event: Callable[[SlotEvent], None] | None = None, connect_timeout: float = 5.0,
+                 answer_timeout: float = ANSWER_TIMEOUT_S, stall_after: float = STALL_AFTER_S,
+                 stall_timeout: float = STALL_TIMEOUT_S, drain: float = DRAIN_S) -> None:
         if slots < 1:
             raise ValueError("at least one slot")
         self.slots = slots
         self.host = host
         self.on_event = on_event
         self.connect_timeout = connect_timeout
+        self.answer_timeout = answer_timeout
+        self.stall_after = stall_after
+        self.stall_timeout = stall_timeout  # 0: never drop a stalled destination
+        self.drain = drain
+        self._stopping_at: float | None = None  # time.monotonic() when the broadcast's (or session's) stop began
+        self._watchdog: asyncio.Task | None = None
         self.ports: list[int] = []
         self._assigned: list[Upstream | None] = [None] * slots
         self._sessions: list[set[_Session]] = [set() for _ in range(slots)]
@@ -326,6 +367,7 @@ class SlotRelay:
                 lambda slot=slot: _Publisher(self, slot), self.host, 0)
             self._servers.append(server)
             self.ports.append(server.sockets[0].getsockname()[1])
+        self._watchdog = self._loop.create_task(self._watch())
 
     def slave_url(self, slot: int) -> str:
         self._check(slot)
@@ -349,9 +391,47 @@ class SlotRelay:
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._close_slot(slot)
+            self._close_slot(slot, graceful=True)
         else:
-            self._loop.call_soon_threadsafe(self._close_slot, slot)
+            self._loop.call_soon_threadsafe(self._close_slot, slot, True)
+
+    def begin_stop(self) -> None:
+        """The broadcast's stop began: no new sessions; sessions that are not live are dropped now (they have
+        nothing to deliver, and an unanswered handshake would hold ffmpeg's end); live ones get ``drain`` seconds
+        to take their last bytes; one that still has bytes waiting and takes none is then cut (kind "forced")."""
+        if self._stopping_at is None:
+            self._stopping_at = time.monotonic()
+            self._tick()
+
+    async def settle(self) -> None:
+        """ffmpeg has exited: give the sessions still open until the drain ends to send their last bytes, then
+        cut those that still hold bytes the destination would not take (kind "forced"); abort the rest."""
+        self.begin_stop()
+        assert self._stopping_at is not None
+        while any(self._sessions):
+            left = self._stopping_at + self.drain - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, 0.05))
+        now = time.monotonic()
+        for slot in range(self.slots):
+            for sess in list(self._sessions[slot]):
+                if sess.stopped:
+                    continue
+                if sess.live and _unsent(sess):
+                    sess.forced = f"held up the end: took no data for {now - sess.acked_at:.0f} s" \
+                        if sess.acked >= 0 and now - sess.acked_at >= 1.0 else "held up the end: did not take " \
+                        "the last bytes in time"
+                    sess.end("down", None)
+                else:
+                    sess.closing = True
+                    sess.abort()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+
+    def end_stop(self) -> None:
+        """Relay mode: the publisher session that was stopping is over; accept the next one's sessions."""
+        self._stopping_at = None
 
     def stats(self) -> list[SlotStats]:
         out = []
@@ -366,6 +446,8 @@ class SlotRelay:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for server in self._servers:
             server.close()
         for slot in range(self.slots):
@@ -381,16 +463,91 @@ class SlotRelay:
         if not 0 <= slot < self.slots:
             raise ValueError(f"slot {slot} out of range 0..{self.slots - 1}")
 
-    def _close_slot(self, slot: int) -> None:
+    def _close_slot(self, slot: int, graceful: bool = False) -> None:
         for s in list(self._sessions[slot]):
-            s.abort()
+            if graceful and s.live and s.dest is not None and s.dest.transport is not None:
+                self._unpublish(s)
+            else:
+                s.abort()
 
-    def _emit(self, slot: int, name: str | None, kind: str, error: str | None = None) -> None:
+    def _unpublish(self, sess: _Session) -> None:
+        """Take a live session off its destination in order: stop forwarding ffmpeg's bytes, end the stream with
+        FCUnpublish and deleteStream (when ffmpeg's last message was complete), send what is buffered, close."""
+        sess.closing = sess.graceful = sess.stopped = True
+        pub, dest = sess.pub, sess.dest
+        chunks = pub.chunks
+        if chunks is not None and chunks.at_message_boundary():
+            key = sess.upstream.key
+            msgs = [rtmp.command_message(["FCUnpublish", 0.0, None, key]),
+                    rtmp.command_message(["deleteStream", 0.0, None, float(sess.stream_id)])]
+            dest.transport.write(b"".join(rtmp.serialize(m, chunks.chunk_size) for m in msgs))  # type: ignore
+        if pub.transport is not None:
+            pub.transport.abort()
+        dest.transport.close()  # type: ignore[union-attr]  # after the buffer is sent
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.drain, lambda: dest.transport is not None and dest.transport.abort())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self._tick()
+            except Exception:  # the watchdog must outlive a bug in one check
+                log.exception("slot relay watchdog failed")
+
+    def _tick(self) -> None:
+        """Bound what a destination can make restream wait for: unanswered steps, stalls, the end."""
+        now = time.monotonic()
+        stopping = self._stopping_at is not None
+        for slot in range(self.slots):
+            for sess in list(self._sessions[slot]):
+                if sess.stopped:
+                    continue
+                if not sess.live:
+                    if stopping:
+                        sess.closing = True  # nothing delivered yet: part of stopping, not an error
+                        sess.abort()
+                    elif sess.awaiting and now - sess.awaiting_since >= self.answer_timeout:
+                        sess.error = _unanswered(sess.awaiting, now - sess.awaiting_since)
+                        sess.end("down", None)
+                    continue
+                self._check_stall(sess, now)
+                if stopping and now - self._stopping_at >= self.drain and now - sess.acked_at >= 1.0 \
+                        and _unsent(sess):  # type: ignore[operator]
+                    sess.forced = "held up the end: took no data for " \
+                                  f"{now - (sess.stalled_since or sess.acked_at):.0f} s"
+                    sess.end("down", None)
+                elif sess.stalled_since is not None and not stopping and self.stall_timeout and \
+                        now - sess.stalled_since >= self.stall_timeout:
+                    sess.error = f"stalled: took no data for {now - sess.stalled_since:.0f} s; reconnecting"
+                    sess.end("down", None)
+
+    def _check_stall(self, sess: _Session, now: float) -> None:
+        acked = _acked(sess)
+        if acked is None:
+            return
+        if sess.acked < 0:
+            sess.acked, sess.acked_at = acked, now
+            return
+        if sess.stalled_since is not None:
+            if acked - sess.acked >= RESUME_BYTES or not _unsent(sess):
+                sess.acked, sess.acked_at, sess.stalled_since = acked, now, None
+                self._emit(sess.slot, sess.upstream.name, "resumed")
+            return
+        if acked - sess.acked >= STALL_BYTES or not _unsent(sess):
+            sess.acked, sess.acked_at = acked, now
+        elif now - sess.acked_at >= self.stall_after:
+            sess.stalled_since = sess.acked_at
+            self._emit(sess.slot, sess.upstream.name, "stalled",
+                       since=time.time() - (now - sess.acked_at))
+
+    def _emit(self, slot: int, name: str | None, kind: str, error: str | None = None,
+              since: float | None = None) -> None:
         self._since[slot] = time.monotonic()
         if self.on_event is None:
             return
         try:
-            self.on_event(SlotEvent(slot, name, kind, error))
+            self.on_event(SlotEvent(slot, name, kind, error, since))
         except Exception:  # a broken observer must not break the relay
             log.exception("slot relay on_event callback failed")
 
@@ -398,8 +555,9 @@ class SlotRelay:
         """A publisher connected (called from its protocol's connection_made)."""
         slot = pub.slot
         upstream = self._assigned[slot]
-        if upstream is None or self._closed:
-            self._emit(slot, None, "refused", "slot not assigned" if not self._closed else "relay closing")
+        if upstream is None or self._closed or self._stopping_at is not None:
+            why = "relay closing" if self._closed else "stopping" if upstream is not None else "slot not assigned"
+            self._emit(slot, None, "refused", why)
             pub.transport.abort()  # type: ignore[union-attr]
             return
         loop = asyncio.get_running_loop()
@@ -424,10 +582,22 @@ class SlotRelay:
                 sess.error = sess.error or f"relay error: {type(exc).__name__}: {exc}"
         finally:
             self._sessions[sess.slot].discard(sess)
+            was_live = sess.live
             sess.connected = sess.live = False
-            sess.abort()
+            if not sess.graceful:
+                sess.abort()
+            if sess.forced:
+                sess.error = sess.forced
             error = redact(sess.error, upstream.key) if sess.error else None
-            self._emit(sess.slot, upstream.name, "refused" if sess.refused else "disconnected", error)
+            if sess.refused:
+                kind = "refused"
+            elif sess.forced:
+                kind = "forced"
+            elif sess.unpublished and was_live and not sess.forced and not sess.graceful:
+                kind, error = "ended", None  # ffmpeg ended its stream in order; what came after is closing
+            else:
+                kind = "disconnected"
+            self._emit(sess.slot, upstream.name, kind, error)
 
     async def _run(self, sess: _Session) -> None:
         up = sess.upstream
@@ -470,12 +640,32 @@ class SlotRelay:
         side, exc = await asyncio.shield(sess.ended)
         if sess.closing:
             return
+        if sess.forced:  # the stop began and this destination would not take the end of the stream
+            sess.pub.transport.abort()  # type: ignore[union-attr]
+            return
         if isinstance(exc, _Refused):
             sess.refused = True
             sess.error = str(exc)
+        elif side == "up" and sess.unpublished:
+            # ffmpeg ended its stream in order (FCUnpublish/deleteStream came first); a reset after that is
+            # ffmpeg closing with unread acknowledgements, not a failure. The end counts once the destination
+            # took the last bytes.
+            sess.error = None
+            sess.pub.transport.close()  # type: ignore[union-attr]
+            if not await _drained(sess, self.drain):
+                sess.forced = f"did not take the end of the stream within {self.drain:.0f} s"
+                dest.transport.abort()
+                return
+            await _close_gently(dest)
+        elif side == "up" and sess.awaiting and not sess.live:
+            # ffmpeg gave up waiting: the destination is the side that did not answer
+            sess.error = sess.server_error or _unanswered(sess.awaiting, time.monotonic() - sess.awaiting_since)
+            sess.pub.transport.abort()  # type: ignore[union-attr]
+        elif sess.error is not None and side == "down" and exc is None:
+            sess.pub.transport.abort()  # type: ignore[union-attr]  # restream's watchdog ended it (error set)
         elif exc is not None:
-            where_ = "publisher" if side == "up" else "destination"
-            sess.error = sess.server_error or f"{where_} connection failed: {_describe(exc)}"
+            where_ = "ffmpeg's connection to the relay" if side == "up" else "destination connection"
+            sess.error = sess.server_error or f"{where_} failed: {_describe(exc)}"
         elif side == "down":
             # The destination hung up: let ffmpeg read what it sent last (e.g. an error status), then close.
             sess.error = sess.server_error or "destination closed the connection"
@@ -484,14 +674,20 @@ class SlotRelay:
             # ffmpeg ended the session; flush what is buffered for the destination, then close.
             sess.error = sess.server_error
             if sess.error is None and not sess.live:
-                sess.error = "publisher left before the destination accepted the stream"
+                sess.error = "ffmpeg closed the session before the destination accepted the stream"
             sess.pub.transport.close()  # type: ignore[union-attr]
             await _close_gently(dest)
 
     def _observe(self, sess: _Session, m: rtmp.Message) -> None:
         name = rtmp.command_name(m)
+        if name == "_result":
+            if sess.awaiting in ("connect", "createStream"):
+                sess.awaiting = None
+            return
         if name not in ("onStatus", "_error"):
             return
+        if sess.awaiting in ("connect", "createStream", "publish"):
+            sess.awaiting = None
         try:
             values = rtmp.command_values(m)
         except rtmp.RtmpError:
@@ -514,6 +710,67 @@ class SlotRelay:
 
 def placeholder(slot: int) -> str:
     return f"slot-{slot}"
+
+
+def _follow(sess: _Session, m: rtmp.Message) -> None:
+    """Note what ffmpeg asked the destination (to know who is waiting for whom) and when it ends its stream."""
+    name = rtmp.command_name(m)
+    if name in _ANSWERED_BY:
+        sess.awaiting, sess.awaiting_since = name, time.monotonic()
+        if name == "publish":
+            sess.stream_id = m.stream_id
+    elif name in ("FCUnpublish", "deleteStream") and sess.live:
+        sess.unpublished = True
+
+
+async def _drained(sess: _Session, timeout: float) -> bool:
+    """Wait until the destination acknowledged every byte sent to it (at most ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while _unsent(sess):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _unanswered(step: str, waited: float) -> str:
+    """The destination's fault, in words: which step of the RTMP exchange it left unanswered."""
+    if step == "handshake":
+        what = "did not answer the RTMP handshake"
+    elif step == "connect":
+        what = "completed the handshake but never answered `connect`"
+    elif step == "createStream":
+        what = "accepted `connect` but never answered `createStream`"
+    else:
+        what = "accepted `connect` but never answered `publish`"
+    return f"{what} within {max(waited, 0.1):.0f} s"
+
+
+def _acked(sess: _Session) -> int | None:
+    """Bytes the destination's TCP stack acknowledged so far (tcpi_bytes_acked), None if unknown."""
+    t = sess.dest.transport if sess.dest is not None else None
+    sock = t.get_extra_info("socket") if t is not None else None
+    if sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack_from("Q", raw, 120)[0] if len(raw) >= 128 else None
+
+
+def _unsent(sess: _Session) -> bool:
+    """Bytes are waiting for the destination: in restream's buffer or unacknowledged in the kernel's."""
+    t = sess.dest.transport if sess.dest is not None else None
+    if t is None:
+        return False
+    if t.get_write_buffer_size():
+        return True
+    sock = t.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] > 0
+    except (OSError, AttributeError, ValueError):
+        return False
 
 
 def _check_command(m: rtmp.Message, name: str, keys: dict[str, str], target: rtmp.Target) -> rtmp.Message:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from restream import events
-from restream.events import CONNECTING, LIVE, REMOVED, STOPPED
+from restream.events import CONNECTING, LIVE, REMOVED, STALLED, STOPPED, WAITING
 
 REMOVED_STATE = REMOVED  # a removed row keeps its place with this state
 
@@ -32,7 +32,7 @@ REMOVED_STATE = REMOVED  # a removed row keeps its place with this state
 class DestStatus:
     name: str
     host: str  # host[:port] only: never userinfo, path or query (they can carry a key)
-    state: str  # connecting / live / retrying / failed / stopped / removed
+    state: str  # connecting / live / stalled / retrying / waiting / failed / stopped / removed
     since: float  # ts of the last state change
     reconnects: int = 0  # times it went live again after having been live before
     last_error: str | None = None  # kept after recovery: the last error seen
@@ -42,6 +42,8 @@ class DestStatus:
     ever_live: bool = False
     sample_bytes: int | None = None  # the last Traffic sample as the relay reported it
     sample_ts: float | None = None  # ... and when
+    session_live: bool = False  # went live in the current session (relay mode: publisher session)
+    stalled_since: float | None = None  # state "stalled": ts of the last byte the destination took
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def _dest_state(s: Snapshot, e: events.DestState) -> Snapshot:
     if row is None:
         new = DestStatus(name=e.name, host=host_of(e.url), state=state, since=now, last_error=e.error)
         if state == LIVE:
-            new = replace(new, ever_live=True)
+            new = replace(new, ever_live=True, session_live=True)
         return replace(s, destinations=s.destinations + (new,))
     changes: dict = {}
     if e.url and e.state == events.ADDED:
@@ -178,10 +180,14 @@ def _dest_state(s: Snapshot, e: events.DestState) -> Snapshot:
         changes.update(state=state, since=now)
         if state == LIVE:
             changes["ever_live"] = True
-            if row.ever_live:
-                changes["reconnects"] = row.reconnects + 1
-        elif row.state == LIVE:
+            changes["session_live"] = True
+            if row.session_live and row.state != STALLED:
+                changes["reconnects"] = row.reconnects + 1  # a stall that ended, or a new publisher, is none
+        elif row.state == LIVE and state != STALLED:
             changes["kbps"] = None
+        if state == WAITING:
+            changes["session_live"] = False
+        changes["stalled_since"] = e.since if state == STALLED else None
     return replace(s, destinations=_put(s.destinations, replace(row, **changes))) if changes else s
 
 
