@@ -487,7 +487,7 @@ def test_second_publisher_while_one_is_live_is_rejected(procs, add):
     for r in recs:
         assert_delivered(r.out, 6.0)
     for name in ("d0", "d1"):
-        assert [e["state"] for e in relay.states(name)][:2] == ["connecting", "live"]
+        assert [e["state"] for e in relay.states(name)][:3] == ["waiting", "connecting", "live"]
         assert len(relay.states(name, "live")) == 1, "the first session was interrupted"
 
 

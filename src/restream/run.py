@@ -141,6 +141,7 @@ class Broadcast:
         self._hard = False                 # ... by a signal or a request: ask ffmpeg to end now
         self._stop_at = 0.0                # time.monotonic() when it began
         self._signalled = False            # restream had to signal ffmpeg to end it
+        self._judged = False               # the verdicts were taken (lifecycle.StopBegan)
         self.relay_slots = SLOTS
         self.watch = watch
         self.gate, self.once = gate, once  # relay mode: an ingest.IngestGate in front of ffmpeg's listener
@@ -158,6 +159,8 @@ class Broadcast:
     # -- state ------------------------------------------------------------------------------------------------
 
     def _feed(self, e: lifecycle.Event) -> None:
+        if os.environ.get("RESTREAM_DEBUG_LIFE"):
+            print("LIFE", time.time(), e, file=sys.stderr)
         old, self.life = self.life, lifecycle.step(self.life, e)
         if old is self.life:
             return
@@ -256,9 +259,18 @@ class Broadcast:
         self.stop_reason = reason
         self._hard = hard
         self._stop_at = time.monotonic()
-        self._feed(lifecycle.StopBegan(reason))
-        self.relay.begin_stop()
+        if hard or self.gate is None:
+            self._judge()
+        # relay mode, soft (--once's publisher left): ffmpeg still sends what it buffered; the verdict is taken
+        # when it has ended (``_finish``), the clock runs from now
         self._stop.set()
+
+    def _judge(self) -> None:
+        """The verdicts are taken now; whatever happens to a connection after this is part of stopping."""
+        if not self._judged:
+            self._judged = True
+            self._feed(lifecycle.StopBegan(self.stop_reason or "input ended"))
+            self.relay.begin_stop()
 
     async def _duration_clock(self) -> None:
         """--duration is wall time: at its end the stop begins, whatever the stream time says (-t ends ffmpeg
@@ -272,6 +284,7 @@ class Broadcast:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._poke = asyncio.Event()
+        self.life = lifecycle.initial(list(self.targets), relay=self.gate is not None)  # the gate is set by now
         await self.relay.start()
         background: list[asyncio.Task] = []
         signals = False
@@ -329,26 +342,18 @@ class Broadcast:
                 clock = asyncio.create_task(self._duration_clock())
         tasks = [asyncio.create_task(c) for c in (self._read_progress(), self._read_log(), self._stopper())]
         rc = await self.proc.wait()
-        if self._stop.is_set() or self.gate is None:
-            await self.relay.settle()  # the last bytes reach the destinations (or who would not take them is named)
+        # the last bytes reach the destinations (and who would not take them is named) before any verdict
+        await self.relay.settle()
         await asyncio.wait(tasks[:2], timeout=2)
         for task in tasks:
             task.cancel()
         if clock is not None:
             clock.cancel()
-        if self.gate is not None and self.life.phase == "running":
-            self._session_over()  # ffmpeg ended without the gate saying the publisher left
+        if self.gate is not None and self.life.phase == "running" and not self._stop.is_set():
+            # relay mode: the publisher's session is over (ffmpeg sent everything it had and ended)
+            self._feed(lifecycle.SessionEnd())
+            self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
         return rc
-
-    def _session_over(self) -> None:
-        """Relay mode: the publisher left; ffmpeg ends; the destinations wait for the next one (or --once ends)."""
-        if self.once:
-            self._begin_stop("publisher gone", hard=False)
-            return
-        self._feed(lifecycle.SessionEnd())
-        self.relay.begin_stop()  # this session's end: bounded like the broadcast's
-        self._codec_checked = False
-        self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
 
     def on_ingest(self, e) -> None:
         """Events of relay mode's ingest gate (an ingest.IngestEvent)."""
@@ -363,12 +368,13 @@ class Broadcast:
         elif e.kind == "ended" and e.peer in self._publishing:
             self._publishing.discard(e.peer)
             self.emit(ev.Log(time.time(), NOTICE, f"publisher from {e.peer} disconnected"))
-            if self.life.phase == "running" and not self._stop.is_set():
-                self._session_over()
+            if self.once:
+                self._begin_stop("publisher gone", hard=False)
 
     def _finish(self, rc: int) -> int:
         if not self._stop.is_set():
             self._begin_stop("input ended", hard=False)  # ffmpeg ended by itself: its input ended
+        self._judge()
         for name, verdict, why in lifecycle.final(self.life):
             self.emit(ev.DestState(time.time(), name, verdict, self.redact(why) if why else None))
         if self.stop_reason == "interrupted":
@@ -394,7 +400,14 @@ class Broadcast:
         assert proc is not None
         if not self._hard and await self._until(END_GRACE_S, wake_on_hard=True):
             return
-        if proc.stdin is not None:
+        if self.gate is not None and self.life.phase in ("waiting", "stopping") and self.publishers_now() == 0:
+            # relay mode between publishers: ffmpeg waits in accept() and reads no "q"; nothing is on air
+            self._signalled = True
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                return
+        elif proc.stdin is not None:
             try:
                 proc.stdin.write(b"q")
                 await proc.stdin.drain()
@@ -430,6 +443,9 @@ class Broadcast:
                 poke.cancel()
             if wake_on_hard and self._hard:
                 return False
+
+    def publishers_now(self) -> int:
+        return len(self._publishing)
 
     def _holding(self) -> list[str]:
         names = {slot: name for name, slot in self.slot_of.items()}
