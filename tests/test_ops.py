@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import support
-from restream import check, doctor, schedule
+from restream import check, doctor, rtmp, schedule
 from restream.errors import UsageError
 
 RESTREAM = [sys.executable, "-m", "restream"]
@@ -137,15 +137,17 @@ def test_permission_problem(mode, is_dir, bad):
 # -- loopback servers for check ---------------------------------------------------------------------------------------
 
 class Server:
-    """A loopback TCP server in a thread: optionally TLS (the test certificate), optionally answering the RTMP
-    handshake with S0+S1+S2, or silent (accepts and never answers)."""
+    """A loopback TCP server in a thread: optionally TLS (the test certificate); ``answer`` "all" completes the RTMP
+    handshake and answers ``connect`` with ``_result``; "handshake" completes the handshake and leaves ``connect``
+    unanswered; False accepts and never answers (a black hole). Records every command name it received."""
 
-    def __init__(self, tls: bool = False, answer: bool = True) -> None:
+    def __init__(self, tls: bool = False, answer: bool | str = "all") -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.tls_errors: list[str] = []
         self.received: list[bytes] = []
+        self.commands: list[str] = []
         self.ctx = None
         if tls:
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -192,8 +194,24 @@ class Server:
             self.received.append(data)
             if len(data) >= 1537 and data[0] == 3:
                 conn.sendall(b"\x03" + bytes(3072))
-                while conn.recv(4096):  # anything after C0+C1 would be a connect/publish: record it
-                    self.received.append(b"more")
+                rest, parser = data[1537:], rtmp.ChunkParser()
+                while len(rest) < 1536:  # C2
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    rest += chunk
+                rest = rest[1536:]
+                while True:  # every command after the handshake is recorded (connect, and never publish)
+                    for m in parser.feed(rest):
+                        name = rtmp.command_name(m)
+                        self.commands.append(name or f"type {m.type_id}")
+                        if name == "connect" and self.answer == "all":
+                            conn.sendall(rtmp.serialize(rtmp.command_message(
+                                ["_result", 1.0, {"fmsVer": "test"}, {"code": "NetConnection.Connect.Success"}]),
+                                rtmp.DEFAULT_CHUNK_SIZE))
+                    rest = conn.recv(4096)
+                    if not rest:
+                        break
         except OSError:
             pass
         finally:
@@ -204,15 +222,27 @@ def _probe(url: str, ca: str | None = None, timeout: float = 5.0) -> check.Resul
     return check.run([check.Probe("d", url, ca)], timeout)[0]
 
 
-def test_check_reachable_with_rtmp_handshake_and_nothing_more():
+def test_check_reachable_with_rtmp_handshake_and_connect_and_nothing_more():
     with Server() as srv:
         r = _probe(f"rtmp://127.0.0.1:{srv.port}/live")
-        time.sleep(0.2)
+        support.wait_for(lambda: srv.commands, 2, what="the command to be recorded")
     assert r.reachable
-    assert [s.name for s in r.steps] == ["dns", "tcp", "rtmp"] and all(s.ok for s in r.steps)
+    assert [s.name for s in r.steps] == ["dns", "tcp", "rtmp", "connect"] and all(s.ok for s in r.steps)
     assert all(s.ms is not None and s.ms >= 0 for s in r.steps)
-    assert srv.received and len(srv.received[0]) == 1537  # C0+C1 only: never connect, never publish
-    assert b"more" not in srv.received
+    assert srv.commands == ["connect"]  # never releaseStream, FCPublish or publish
+
+
+@pytest.mark.parametrize("answer,step,words", [(False, "rtmp", "did not answer the RTMP handshake"),
+                                               ("handshake", "connect", "never answered `connect`")])
+def test_check_black_hole_is_unreachable_and_named(answer, step, words):
+    # mutation caught: an unanswered handshake (or connect) counted as reachable
+    with Server(answer=answer) as srv:
+        t0 = time.monotonic()
+        r = _probe(f"rtmp://127.0.0.1:{srv.port}/live", timeout=2.0)
+        took = time.monotonic() - t0
+    assert took < 3.0
+    assert not r.reachable and r.step(step).ok is False
+    assert r.step(step).detail == "timed out" or words in r.step(step).detail, r.step(step).detail
 
 
 def test_check_closed_port_is_unreachable():
@@ -222,13 +252,13 @@ def test_check_closed_port_is_unreachable():
     assert r.step("rtmp").ok is None
 
 
-def test_check_is_bounded_by_timeout_and_rtmp_is_optional():
+def test_check_is_bounded_by_timeout():
     with Server(answer=False) as srv:
         t0 = time.monotonic()
         r = _probe(f"rtmp://127.0.0.1:{srv.port}/live", timeout=0.6)
         took = time.monotonic() - t0
     assert took < 1.5
-    assert r.reachable and r.step("rtmp").ok is False and r.step("rtmp").detail == "timed out"
+    assert not r.reachable and r.step("rtmp").ok is False and "handshake" in r.step("rtmp").detail
 
 
 def test_check_runs_destinations_in_parallel():
@@ -237,7 +267,7 @@ def test_check_runs_destinations_in_parallel():
         results = check.run([check.Probe(n, f"rtmp://127.0.0.1:{s.port}/x") for n, s in
                              (("a", a), ("b", b), ("c", c))], 0.8)
         took = time.monotonic() - t0
-    assert took < 1.6 and all(r.reachable for r in results)
+    assert took < 1.6 and not any(r.reachable for r in results)
 
 
 def test_check_rtmps_verifies_the_certificate():

@@ -90,9 +90,9 @@ def test_plain_lines_format_and_cadence():
     assert "restream: relay slot 2 assigned to kick" in text
     assert "Stream mapping" not in text  # info-level ffmpeg lines stay out of plain output
     assert lines[-1].startswith("2027-01-15T08:00:37Z end: duration reached, exit 0, elapsed 00:00:37, stream 00:00:35")
-    assert lines[-1].endswith("4/5 destinations live to the end")
+    assert lines[-1].endswith("4/5 destinations delivered")
     summary = [line for line in lines if " summary " in line]
-    assert summary[0] == "2027-01-15T08:00:37Z summary youtube: stopped, live 00:00:32, 1 reconnect, 21.0 MB sent, " \
+    assert summary[0] == "2027-01-15T08:00:37Z summary youtube: delivered, live 00:00:32, 1 reconnect, 21.0 MB sent, " \
                          "last error: Broken pipe"
     assert summary[3].startswith("2027-01-15T08:00:37Z summary facebook: retrying, live 00:00:00, 0 reconnects, 0 B")
     assert len(summary) == 5

@@ -1,8 +1,11 @@
-"""Can this machine reach its destinations? DNS, TCP, TLS (rtmps) and an RTMP handshake, timed, all in parallel.
+"""Can this machine reach its destinations? DNS, TCP, TLS (rtmps), the RTMP handshake and ``connect``, timed, all
+in parallel.
 
-Never publishes: the RTMP step sends only the handshake's C0+C1, reads S0+S1 and closes; no ``connect``, no
-``publish``, no stream key is ever sent or even read. SRT runs over UDP, which cannot be probed without speaking
-SRT: SRT destinations get a DNS lookup only, and the result says so.
+Never publishes: after the handshake the check sends one ``connect`` (the server URL's app and tcUrl, which carry no
+key), waits for its answer and closes; no ``releaseStream``, ``FCPublish`` or ``publish``, and no stream key is ever
+sent or even read. A server that accepts TCP but leaves the handshake or ``connect`` unanswered (a black hole) is
+unreachable. SRT runs over UDP, which cannot be probed without speaking SRT: SRT destinations get a DNS lookup
+only, and the result says so.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443}
 RTMP_HANDSHAKE_SIZE = 1536
-RTMP_STEP_LIMIT = 3.0  # the optional handshake step never takes longer than this
+RTMP_STEP_LIMIT = 5.0  # an RTMP step (handshake, connect) left unanswered this long fails
 
 
 @dataclass
 class Step:
-    name: str  # dns | tcp | tls | rtmp
+    name: str  # dns | tcp | tls | rtmp (the handshake) | connect
     ok: bool | None = None  # None: not run (an earlier step failed, or not applicable)
     ms: float | None = None
     detail: str = ""
@@ -59,6 +62,7 @@ class Probe:
     name: str
     server_url: str
     ca_file: str | None = None
+    name_in_url: bool = False  # no separate key: the URL's last path element is the stream name (never sent)
 
 
 def _endpoint(url: str) -> tuple[str, str, int | None]:
@@ -147,8 +151,9 @@ async def probe_one(p: Probe, deadline: float) -> Result:
         return res
     tcp = Step("tcp")
     tls = Step("tls") if scheme == "rtmps" else None
-    rtmp = Step("rtmp", required=False)
-    res.steps += [s for s in (tcp, tls, rtmp) if s is not None]
+    rtmp = Step("rtmp")
+    connect_step = Step("connect")
+    res.steps += [s for s in (tcp, tls, rtmp, connect_step) if s is not None]
     if not addrs:
         return res
 
@@ -181,20 +186,68 @@ async def probe_one(p: Probe, deadline: float) -> Result:
             tls.detail = str(version) + (f" (CA {p.ca_file})" if p.ca_file else " (system CAs)")
 
         async def rtmp_handshake():
-            # C0 (version 3) + C1 (time, zero, random); read S0+S1; never connect/publish.
+            # C0 (version 3) + C1 (time, zero, random); S0+S1+S2 back; C2 echoes S1.
             writer.write(b"\x03" + bytes(8) + os.urandom(RTMP_HANDSHAKE_SIZE - 8))
             await writer.drain()
-            data = await reader.readexactly(1 + RTMP_HANDSHAKE_SIZE)
+            try:
+                data = await reader.readexactly(1 + 2 * RTMP_HANDSHAKE_SIZE)
+            except asyncio.IncompleteReadError:
+                raise EOFError from None
             if data[0] != 3:
                 raise ValueError(f"not an RTMP server (S0 version {data[0]})")
-            return "S0+S1 received"
+            writer.write(data[1:1 + RTMP_HANDSHAKE_SIZE])
+            await writer.drain()
+            return "handshake completed"
 
         answer = await _timed(rtmp, rtmp_handshake(), deadline, RTMP_STEP_LIMIT)
-        if answer:
-            rtmp.detail = answer
+        if not answer:
+            if rtmp.detail == "timed out":
+                rtmp.detail = f"the server did not answer the RTMP handshake within {rtmp.ms / 1000:.0f} s"
+            return res
+        rtmp.detail = answer
+        url = p.server_url
+        if p.name_in_url:
+            head, _, _ = urlsplit(url)._replace(query="").geturl().rstrip("/").rpartition("/")
+            url = head
+        verdict = await _timed(connect_step, _rtmp_connect(reader, writer, url), deadline,
+                               RTMP_STEP_LIMIT)
+        if verdict:
+            connect_step.detail = verdict
+        elif connect_step.detail == "timed out":
+            connect_step.detail = (f"the server completed the handshake but never answered `connect` within "
+                                   f"{connect_step.ms / 1000:.0f} s")
     finally:
         writer.transport.abort()
     return res
+
+
+async def _rtmp_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, url: str) -> str:
+    """Send ``connect`` (app and tcUrl only: no key) and read the server's answer; never publish."""
+    from restream import rtmp
+
+    try:
+        target = rtmp.parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"bad server URL: {exc}") from None
+    msg = rtmp.command_message(["connect", 1.0, {"app": target.app, "type": "nonprivate",
+                                                  "flashVer": "FMLE/3.0 (compatible; restream check)",
+                                                  "tcUrl": target.tcurl}])
+    writer.write(rtmp.serialize(msg, rtmp.DEFAULT_CHUNK_SIZE))
+    await writer.drain()
+    parser = rtmp.ChunkParser()
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise EOFError
+        for m in parser.feed(data):
+            name = rtmp.command_name(m)
+            if name == "_result":
+                return "connect accepted"
+            if name == "_error":
+                values = rtmp.command_values(m)
+                info = next((v for v in values[2:] if isinstance(v, dict)), {})
+                desc = " ".join(str(info.get(k, "")) for k in ("code", "description")).strip()
+                raise ValueError(f"the server refused `connect`{': ' + desc[:200] if desc else ''}")
 
 
 async def probe_all(probes: list[Probe], timeout: float) -> list[Result]:

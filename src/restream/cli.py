@@ -112,6 +112,10 @@ StatusIntervalOpt = Annotated[float,
     typer.Option("--status-interval", metavar="SECONDS", help="Seconds between progress lines.")]
 LogFileOpt = Annotated[Optional[Path],
     typer.Option("--log-file", help="Append the redacted ffmpeg log and state changes here.")]
+StallTimeoutOpt = Annotated[float, typer.Option(
+    "--stall-timeout", metavar="SECONDS",
+    help="Drop and reconnect a destination that has taken no data this long (it is shown 'stalled' after 5 s); "
+         "0 never drops it.")]
 
 
 def _profile_name(name: str) -> str:
@@ -449,7 +453,8 @@ def _describe_input(inp) -> str:
 
 def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
                quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
-               only=None, skip=None, lock: bool = True, ingest=None, once: bool = False) -> int:
+               only=None, skip=None, lock: bool = True, ingest=None, once: bool = False,
+               stall_timeout: float = 30.0) -> int:
     """The shared path of `go` (and the demo): check everything, then run one broadcast and show it."""
     import asyncio
     from dataclasses import asdict, replace
@@ -517,11 +522,14 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
                 published[0] = snap.now
                 session.publish(asdict(snap))
 
+        banner = ingest.get("banner") if ingest else None
         b = runner.Broadcast(ff.path, inp, enc, targets, on_event, profile=profile_name,
                              ffmpeg_label=f"{ff.path} ({ff.version})", record=record, duration=duration, font=font,
                              input_label=redact(_describe_input(inp)), watch=watch, once=once,
                              secrets=(ingest["key"],) if ingest else (),
-                             queue_size=2000 if ingest else 600)
+                             queue_size=2000 if ingest else 600, input_duration=input_duration,
+                             stall_timeout=stall_timeout,
+                             on_ready=(lambda: typer.echo(banner, err=True)) if banner else None)
         if ingest:
             from restream.ingest import IngestGate
 
@@ -536,10 +544,21 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         sinks.insert(0, view.make_view(mode, quiet=quiet, status_interval=status_interval))
         try:
             code = asyncio.run(b.run())
+        except RestreamError as exc:
+            if mode == "json" and snap.started_at is None and hasattr(sinks[0], "error"):
+                sinks[0].error(str(exc), exit_code_for(exc))  # a failure before the start: one error event
+            raise
         finally:
             for sink in sinks:
-                sink.close(snap)
+                if snap.started_at is not None:
+                    sink.close(snap)
     return code
+
+
+def _stall_timeout(seconds: float) -> float:
+    if seconds != 0 and not 5 <= seconds <= 3600:
+        raise UsageError("--stall-timeout must be 0 (never drop) or between 5 and 3600 seconds")
+    return float(seconds)
 
 
 def urlsplit_scheme(url: str) -> str:
@@ -578,6 +597,7 @@ def go_cmd(
     quiet: QuietOpt = False,
     status_interval: StatusIntervalOpt = 10.0,
     log_file: LogFileOpt = None,
+    stall_timeout: StallTimeoutOpt = 30.0,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
     """Go live: encode once, send to every enabled destination (at most five)."""
@@ -600,7 +620,8 @@ def go_cmd(
     _bitrate_warnings(dests, enc.video_bitrate_k, copy)
     code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
                       duration=seconds, dry_run=dry_run, show_keys=show_keys, mode=mode, quiet=quiet,
-                      status_interval=status_interval, log_file=log_file, command_name="go", only=only, skip=skip)
+                      status_interval=status_interval, log_file=log_file, command_name="go", only=only, skip=skip,
+                      stall_timeout=_stall_timeout(stall_timeout))
     raise typer.Exit(code)
 
 
@@ -675,6 +696,7 @@ def relay_cmd(
     quiet: QuietOpt = False,
     status_interval: StatusIntervalOpt = 10.0,
     log_file: LogFileOpt = None,
+    stall_timeout: StallTimeoutOpt = 30.0,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
     """Relay: a local ingest for OBS or a hardware encoder, fanned out without re-encoding.
@@ -710,6 +732,7 @@ def relay_cmd(
     app = path[0]
     key_given = path[1] if len(path) == 2 else os.environ.get("RESTREAM_INGEST_KEY") or None
     mode = _output_mode(plain, as_json)
+    stall_timeout = _stall_timeout(stall_timeout)
     p = _load_existing(profile)
     dests = select(p, only, skip)
     enc = plan.Encoding(copy=not transcode, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
@@ -728,14 +751,14 @@ def relay_cmd(
         backend = ports.free_port()
     except OSError as exc:
         raise BroadcastError(str(exc)) from None
-    typer.echo(f"restream relay: publish to  server {parts.scheme}://{parts.netloc}/{app}   stream key {shown}",
-               err=True)
+    banner = f"restream relay: publish to  server {parts.scheme}://{parts.netloc}/{app}   stream key {shown}"
     inp = plan.Input("listen", f"rtmp://127.0.0.1:{backend}/{app}/ingest")
     code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
                       duration=None, dry_run=False, show_keys=False, mode=mode, quiet=quiet,
                       status_interval=status_interval, log_file=log_file, command_name="relay", only=only,
-                      skip=skip, ingest={"host": host, "port": port, "app": app, "key": key, "backend": backend},
-                      once=once)
+                      skip=skip, ingest={"host": host, "port": port, "app": app, "key": key, "backend": backend,
+                                         "banner": banner},  # printed once the port is bound and the lock held
+                      once=once, stall_timeout=stall_timeout)
     raise typer.Exit(code)
 
 

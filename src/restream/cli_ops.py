@@ -95,7 +95,8 @@ def check_cmd(
     dests = [p.get(n) for n in names] if names else list(p.enabled())
     if not dests:
         raise UsageError(f"nothing to check: profile {p.name!r} has no enabled destinations (see: restream list)")
-    results = check.run([check.Probe(d.name, d.server_url, d.ca_file) for d in dests], timeout)
+    results = check.run([check.Probe(d.name, d.server_url, d.ca_file, d.key_source() == "none") for d in dests],
+                        timeout)
     if as_json:
         typer.echo(json.dumps({"profile": p.name, "timeout": timeout,
                                "reachable": all(r.reachable for r in results),
@@ -105,11 +106,11 @@ def check_cmd(
 
         rows = [{"name": r.name, "where": f"{r.scheme}://{r.host}:{r.port}" if r.port else f"{r.scheme}://{r.host}",
                  "dns": _cell(r.step("dns")), "tcp": _cell(r.step("tcp")), "tls": _cell(r.step("tls")),
-                 "rtmp": _cell(r.step("rtmp")),
+                 "rtmp": _cell(r.step("rtmp")), "connect": _cell(r.step("connect")),
                  "result": ("reachable" if r.reachable else "UNREACHABLE") + (" (DNS only)" if r.scheme == "srt" else "")}
                 for r in results]
         table([("NAME", "name"), ("SERVER", "where"), ("DNS", "dns"), ("TCP", "tcp"), ("TLS", "tls"),
-               ("RTMP", "rtmp"), ("RESULT", "result")], rows)
+               ("RTMP", "rtmp"), ("CONNECT", "connect"), ("RESULT", "result")], rows)
         for r in results:
             for s in r.steps:
                 if s.ok is False:

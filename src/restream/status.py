@@ -66,6 +66,14 @@ class Snapshot:
     ended: events.Ended | None = None
     bitrate_source: str | None = None  # "ffmpeg" | "traffic" | None
     pid: int | None = None
+    stream_base_s: float = 0.0  # relay mode: stream time of the publisher sessions before the current one
+
+    @property
+    def stream_total_s(self) -> float | None:
+        """Stream time over every session (relay mode restarts ffmpeg, and its clock, per publisher)."""
+        if self.out_time_s is None:
+            return self.stream_base_s or None
+        return self.stream_base_s + self.out_time_s
 
     @property
     def elapsed_s(self) -> float:
@@ -219,7 +227,11 @@ def _progress(s: Snapshot, e: events.Progress) -> Snapshot:
     def keep(new, old):
         return old if new is None else new
 
-    changes = dict(frame=keep(e.frame, s.frame), fps=keep(e.fps, s.fps), out_time_s=keep(e.out_time_s, s.out_time_s),
+    base = s.stream_base_s
+    if e.out_time_s is not None and s.out_time_s is not None and e.out_time_s < s.out_time_s - 1.0:
+        base += s.out_time_s  # a new ffmpeg session (relay mode): its clock starts again
+    changes = dict(stream_base_s=base,
+                   frame=keep(e.frame, s.frame), fps=keep(e.fps, s.fps), out_time_s=keep(e.out_time_s, s.out_time_s),
                    speed=keep(e.speed, s.speed), dup_frames=max(e.dup_frames, s.dup_frames),
                    drop_frames=max(e.drop_frames, s.drop_frames))
     if e.bitrate_kbps is not None:

@@ -128,6 +128,19 @@ def state_line(name: str, state: str, error: str | None) -> str:
     return f"{name}: {state}" + (f" ({one_line(error)})" if error else "")
 
 
+def state_text(d: DestStatus, now: float) -> str:
+    """The state as shown in tables: a stalled destination says for how long."""
+    if d.state == ev.STALLED and d.stalled_since is not None:
+        return f"stalled {age(now - d.stalled_since)}"
+    return d.state
+
+
+def stalled_note(d: DestStatus, now: float) -> str | None:
+    if d.state == ev.STALLED and d.stalled_since is not None:
+        return f"took no data for {age(now - d.stalled_since)}"
+    return None
+
+
 def progress_line(snap: Snapshot) -> str:
     parts = [f"{stream_time(snap)} stream", f"{_fig(snap.fps, '.1f')} fps", f"{_fig(snap.bitrate_kbps, '.0f')} kbit/s",
              f"{_fig(snap.speed, '.2f')}x", f"{snap.live_count}/{snap.active_count} live"]
@@ -140,8 +153,8 @@ def summary_lines(snap: Snapshot) -> list[str]:
     """One line per destination and one overall (no timestamps)."""
     lines = []
     for d in snap.destinations:
-        text = (f"summary {d.name}: {d.state}, live {clock(d.uptime_s)}, {d.reconnects} reconnect"
-                f"{'' if d.reconnects == 1 else 's'}, {human_bytes(d.bytes_sent)} sent")
+        text = (f"summary {d.name}: {'delivered' if d.state == ev.STOPPED else d.state}, live {clock(d.uptime_s)}, "
+                f"{d.reconnects} reconnect{'' if d.reconnects == 1 else 's'}, {human_bytes(d.bytes_sent)} sent")
         if d.last_error:
             text += f", last error: {one_line(d.last_error)}"
         lines.append(text)
@@ -150,11 +163,15 @@ def summary_lines(snap: Snapshot) -> list[str]:
 
 
 def overall(snap: Snapshot) -> str:
+    """The end line: why and how it ended, time, stream time and bytes over every session, the verdicts."""
     end = snap.ended
     head = f"{end.reason}, exit {end.exit_code}" if end else "no end event"
-    good = sum(1 for d in snap.destinations if d.ever_live and d.state == ev.STOPPED)
-    return (f"{head}, elapsed {clock(snap.elapsed_s)}, stream {clock(snap.out_time_s)}, "
-            f"{human_bytes(snap.bytes_out)} out, {good}/{len(snap.destinations)} destinations live to the end")
+    rows = [d for d in snap.destinations if d.state != ev.REMOVED]
+    good = sum(1 for d in rows if d.state == ev.STOPPED)
+    sessions = end.sessions if end else None
+    per = f"{sessions} publisher session{'' if sessions == 1 else 's'}, " if sessions is not None else ""
+    return (f"{head}, elapsed {clock(snap.elapsed_s)}, {per}stream {clock(snap.stream_total_s)}, "
+            f"{human_bytes(snap.bytes_out)} out, {good}/{len(rows)} destinations delivered")
 
 
 # -- shared bookkeeping -------------------------------------------------------------------------------------------
@@ -251,12 +268,13 @@ class PlainView:
             if row is None or (self.quiet and not e.error and row.state not in (ev.RETRYING, ev.FAILED)):
                 return
             state = e.state if e.state in (ev.ADDED, ev.REMOVED) else row.state
-            extra = e.error or (row.host if e.state == ev.ADDED and row.host else None)
+            extra = e.error or (row.host if e.state == ev.ADDED and row.host else None) or stalled_note(row, snap.now)
             self._line(snap.now, state_line(row.name, state, extra))
         elif isinstance(e, ev.Log):
             shown = e.level in PROBLEM_LEVELS or self.all_logs or (e.level == NOTICE_LEVEL and not self.quiet)
             if shown:
-                held = self._throttle.check((e.level, e.text), e.ts)
+                # restream's own notices (a publisher came or left) are never held back as repeats
+                held = 0 if e.level == NOTICE_LEVEL else self._throttle.check((e.level, e.text), e.ts)
                 if held is not None:
                     self._line(snap.now, _repeated(f"{e.level}: {one_line(e.text)}", held))
         elif isinstance(e, ev.Ended):
@@ -333,10 +351,12 @@ class JsonView:
                        "host": row.host, "reconnects": row.reconnects, "uptime_s": _num(row.uptime_s)}
                 if e.url:
                     obj["url"] = e.url
+                if row.state == ev.STALLED and row.stalled_since is not None:
+                    obj["stalled_s"] = _num(max(0.0, snap.now - row.stalled_since), 1)
                 self.emit(obj)
         elif isinstance(e, ev.Log):
             if e.level in PROBLEM_LEVELS or e.level == NOTICE_LEVEL:
-                held = self._throttle.check((e.level, e.text), e.ts)
+                held = 0 if e.level == NOTICE_LEVEL else self._throttle.check((e.level, e.text), e.ts)
                 if held is not None:
                     obj = {"event": "log", "ts": iso(snap.now, True), "level": e.level, "message": e.text}
                     if held:
@@ -348,6 +368,13 @@ class JsonView:
             if self._ticker.due(snap.now, snap.started_at):
                 self.emit(self.progress(snap))
 
+    def error(self, message: str, exit_code: int) -> None:
+        """A failure before the start (nothing went live): the only event of the run."""
+        import time
+
+        self._finished = True
+        self.emit({"event": "error", "ts": iso(time.time(), True), "message": message, "exit_code": exit_code})
+
     @staticmethod
     def progress(snap: Snapshot) -> dict:
         return {"event": "progress", "ts": iso(snap.now, True), "time_s": _num(snap.out_time_s),
@@ -355,7 +382,9 @@ class JsonView:
                 "frames": snap.frame, "dropped": snap.drop_frames, "duplicated": snap.dup_frames,
                 "bytes_out": snap.bytes_out, "elapsed_s": _num(snap.elapsed_s), "duration_s": snap.input_duration,
                 "live": snap.live_count,
-                "destinations": {d.name: {"state": d.state, "kbps": _num(d.kbps, 1), "bytes_sent": d.bytes_sent}
+                "destinations": {d.name: {"state": d.state, "kbps": _num(d.kbps, 1), "bytes_sent": d.bytes_sent,
+                                          **({"stalled_s": _num(max(0.0, snap.now - d.stalled_since), 1)}
+                                             if d.state == ev.STALLED and d.stalled_since is not None else {})}
                                  for d in snap.destinations}}
 
     def _finish(self, snap: Snapshot) -> None:
@@ -366,8 +395,8 @@ class JsonView:
         self.emit({"event": "end", "ts": iso(snap.now, True), "exit_code": end.exit_code if end else None,
                    "reason": end.reason if end else None,
                    "ffmpeg_returncode": end.ffmpeg_returncode if end else None,
-                   "duration_s": _num(snap.elapsed_s), "time_s": _num(snap.out_time_s), "bytes_out": snap.bytes_out,
-                   "destinations": outcome(snap)})
+                   "duration_s": _num(snap.elapsed_s), "time_s": _num(snap.stream_total_s), "bytes_out": snap.bytes_out,
+                   "sessions": end.sessions if end else None, "destinations": outcome(snap)})
 
     def close(self, snap: Snapshot) -> None:
         self._finish(snap)
@@ -380,7 +409,8 @@ def _host(snap: Snapshot, name: str) -> str:
 
 # -- live (Rich) --------------------------------------------------------------------------------------------------
 
-STATE_STYLE = {ev.LIVE: "bold green", ev.CONNECTING: "cyan", ev.RETRYING: "bold yellow", ev.FAILED: "bold red",
+STATE_STYLE = {ev.STALLED: "bold magenta", ev.WAITING: "cyan",
+               ev.LIVE: "bold green", ev.CONNECTING: "cyan", ev.RETRYING: "bold yellow", ev.FAILED: "bold red",
                ev.STOPPED: "dim", "removed": "dim"}
 _GAP = 3  # a SIMPLE_HEAD table without edges: 1 padding + 1 divider + 1 padding between columns
 
@@ -426,7 +456,7 @@ def _dest_table(snap: Snapshot, width: int):
     cells = {
         "name": [d.name for d in rows],
         "host": [d.host for d in rows],
-        "state": [d.state for d in rows],
+        "state": [state_text(d, snap.now) for d in rows],
         "since": [age(snap.now - d.since) for d in rows],
         "uptime": [clock(d.uptime_s) for d in rows],
         "recon": [str(d.reconnects) for d in rows],
