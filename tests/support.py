@@ -168,6 +168,7 @@ class Media:
     keyframe_times: tuple[float, ...]
     first_packet_key: bool
     errors: str
+    max_gap: float = 0.0  # the longest step between consecutive video packets (s): a hole in the stream
 
 
 def probe(path: Path | str) -> Media:
@@ -207,6 +208,8 @@ def probe(path: Path | str) -> Media:
         if is_key:
             keys.append(pts)
     duration = (max(times) - min(times)) if times else 0.0
+    ordered = sorted(times)
+    max_gap = max((b - a for a, b in zip(ordered, ordered[1:])), default=0.0)
     return Media(
         decodes=dec.returncode == 0 and bool(times),
         duration=duration,
@@ -218,6 +221,7 @@ def probe(path: Path | str) -> Media:
         keyframe_times=tuple(keys),
         first_packet_key=bool(first_key),
         errors=dec.stderr[-2000:],
+        max_gap=max_gap,
     )
 
 

@@ -47,6 +47,7 @@ STALL_TIMEOUT_S = 30.0    # ... and is dropped (then reconnected by ffmpeg's fif
 STALL_BYTES = 16 * 1024   # acknowledged bytes that count as progress (a stalled peer may trickle a few bytes)
 RESUME_BYTES = 256 * 1024  # a stalled destination is live again when it drained, or took this much
 DRAIN_S = 3.0             # once the stop began: how long a live destination may take to take its last bytes
+TAIL_S = 0.15             # a destination taken off its slot while live still gets what ffmpeg sent this long
 TICK_S = 0.5              # the watchdog's period
 _ANSWERED_BY = {"connect": "connect", "createStream": "createStream", "publish": "publish"}
 
@@ -182,6 +183,7 @@ class _Publisher(_Side):
         self.pending = bytearray()  # received before the destination was connected, or an incomplete handshake part
         self.up: asyncio.Transport | None = None
         self.chunks: rtmp.ChunkRewriter | None = None
+        self.ending_at = 0.0        # unassigned while live: forward until then, then unpublish at a boundary
 
     def _other(self) -> _Side | None:
         return self.sess.dest if self.sess is not None else None
@@ -261,6 +263,8 @@ class _Publisher(_Side):
             slot = self.slot
             if sess.upstream is self.relay._assigned[slot]:  # type: ignore[union-attr]
                 self.relay._bytes[slot] += len(blob)
+        if self.ending_at and time.monotonic() >= self.ending_at and chunks.at_message_boundary():  # type: ignore
+            self.relay._finish_unpublish(sess)  # type: ignore[arg-type]
 
     def eof_received(self) -> bool:
         if self.sess is not None:
@@ -471,10 +475,21 @@ class SlotRelay:
                 s.abort()
 
     def _unpublish(self, sess: _Session) -> None:
-        """Take a live session off its destination in order: stop forwarding ffmpeg's bytes, end the stream with
-        FCUnpublish and deleteStream (when ffmpeg's last message was complete), send what is buffered, close."""
-        sess.closing = sess.graceful = sess.stopped = True
+        """Take a live session off its destination in order: forward ffmpeg's bytes for ``TAIL_S`` more (what was
+        already on its way when the change came), then at a message boundary end the stream with FCUnpublish and
+        deleteStream, send what is buffered, and close."""
+        sess.closing = sess.graceful = True
+        sess.pub.ending_at = time.monotonic() + TAIL_S
+        asyncio.get_running_loop().call_later(TAIL_S + 0.3, self._finish_unpublish, sess)
+
+    def _finish_unpublish(self, sess: _Session) -> None:
+        if sess.stopped:
+            return
+        sess.stopped = True
         pub, dest = sess.pub, sess.dest
+        if dest is None or dest.transport is None:
+            sess.abort()
+            return
         chunks = pub.chunks
         if chunks is not None and chunks.at_message_boundary():
             key = sess.upstream.key
