@@ -103,6 +103,8 @@ def pytest_collection_modifyitems(config, items):
     CPU for a few seconds can miss a bound without any bug. Pure tests never rerun: a failure there is final.
     """
     for item in items:
+        if item.get_closest_marker("no_rerun"):
+            continue
         if item.get_closest_marker("e2e") or item.get_closest_marker("interop"):
             if item.get_closest_marker("flaky") is None:
                 item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=1))

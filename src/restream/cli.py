@@ -776,8 +776,16 @@ def status_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = F
             typer.echo(f"no broadcast is running on profile {name!r}")
         raise typer.Exit(EXIT_SOME_FAILED)
     snap = info.get("snapshot") or {}
-    rows = [{"name": d.get("name"), "host": d.get("host"), "state": d.get("state"),
-             "uptime": _clock(d.get("uptime_s") or 0), "reconnects": d.get("reconnects"),
+    now = snap.get("now") or 0
+
+    def state_of(d: dict) -> str:
+        if d.get("state") == "stalled" and d.get("stalled_since"):
+            return f"stalled {int(max(0, now - d['stalled_since']))}s"
+        return str(d.get("state"))
+
+    rows = [{"name": d.get("name"), "host": d.get("host"), "state": state_of(d),
+             "uptime": "-" if d.get("state") == "waiting" else _clock(d.get("uptime_s") or 0),
+             "reconnects": d.get("reconnects"),
              "kbps": f"{d['kbps']:.0f}" if d.get("kbps") else "-", "error": d.get("last_error") or ""}
             for d in snap.get("destinations", [])]
     if as_json:

@@ -74,7 +74,15 @@ class Ended:
     sessions: int | None = None  # relay mode: publisher sessions carried
 
 
-Event = Started | Progress | DestState | Traffic | Log | Ended
+@dataclass(frozen=True)
+class NewSession:
+    """Relay mode: a new ffmpeg process (the next publisher session) took over; its stream clock starts at 0."""
+
+    ts: float
+    pid: int
+
+
+Event = Started | Progress | DestState | Traffic | Log | Ended | NewSession
 
 
 # -- -progress parsing --------------------------------------------------------------------------------------------

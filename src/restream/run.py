@@ -330,6 +330,8 @@ class Broadcast:
             *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent)
         clock = None
+        if not first:
+            self.emit(ev.NewSession(time.time(), self.proc.pid))
         if first:
             self._started_at = time.time()
             self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, self.proc.pid,

@@ -130,6 +130,8 @@ def reduce(s: Snapshot, e: events.Event) -> Snapshot:
         return _traffic(s, e)
     if isinstance(e, events.Progress):
         return _progress(s, e)
+    if isinstance(e, events.NewSession):  # relay mode: the next ffmpeg's clock starts at 0
+        return replace(s, stream_base_s=s.stream_base_s + (s.out_time_s or 0.0), out_time_s=None, pid=e.pid)
     if isinstance(e, events.Ended):
         rows = tuple(replace(d, state=STOPPED, since=now, kbps=None) if d.state == LIVE else d
                      for d in s.destinations)
@@ -227,11 +229,7 @@ def _progress(s: Snapshot, e: events.Progress) -> Snapshot:
     def keep(new, old):
         return old if new is None else new
 
-    base = s.stream_base_s
-    if e.out_time_s is not None and s.out_time_s is not None and e.out_time_s < s.out_time_s - 1.0:
-        base += s.out_time_s  # a new ffmpeg session (relay mode): its clock starts again
-    changes = dict(stream_base_s=base,
-                   frame=keep(e.frame, s.frame), fps=keep(e.fps, s.fps), out_time_s=keep(e.out_time_s, s.out_time_s),
+    changes = dict(frame=keep(e.frame, s.frame), fps=keep(e.fps, s.fps), out_time_s=keep(e.out_time_s, s.out_time_s),
                    speed=keep(e.speed, s.speed), dup_frames=max(e.dup_frames, s.dup_frames),
                    drop_frames=max(e.drop_frames, s.drop_frames))
     if e.bitrate_kbps is not None:
