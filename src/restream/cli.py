@@ -64,6 +64,10 @@ def warn(message: str) -> None:
     typer.echo(f"restream: warning: {message}", err=True)
 
 
+def notice(message: str) -> None:
+    typer.echo(f"restream: notice: {message}", err=True)
+
+
 def command(*args, **kwargs):
     """Register a command whose RestreamErrors become one stderr line and their exit code."""
 
@@ -116,6 +120,30 @@ StallTimeoutOpt = Annotated[float, typer.Option(
     "--stall-timeout", metavar="SECONDS",
     help="Drop and reconnect a destination that has taken no data this long (it is shown 'stalled' after 5 s); "
          "0 never drops it.")]
+RecordOpt = Annotated[Optional[str], typer.Option(
+    "--record", metavar="FILE", help="Also record locally (.mkv .mp4 .mov .flv .ts); {date}, {time} and {profile} "
+    "in the name are filled in (e.g. show-{date}_{time}.mkv). An existing file is never replaced without "
+    "--overwrite.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Let --record replace an existing file.")]
+DurationOpt = Annotated[Optional[str], typer.Option(
+    "--duration", metavar="90s|30m|2h|7d", help="Stop cleanly after this long (at most 366d).")]
+
+
+def conflicts(inp, *, copy: bool = False, size=None, fps=None, image=None) -> None:
+    """Options that cannot work together, refused before anything starts (one line each, exit 2)."""
+    if copy:
+        if size or fps:
+            raise UsageError("--size and --fps need an encode: they cannot be used with --copy")
+        if inp.kind == "test":
+            raise UsageError("--copy cannot be used with --test-pattern: the test card is made here, so it is "
+                             "encoded (leave out --copy)")
+        if inp.kind == "device":
+            raise UsageError("--copy cannot be used with a capture device: its raw picture and sound must be "
+                             "encoded (leave out --copy)")
+        if image is not None:
+            raise UsageError("--image cannot be used with --copy: the picture has to be encoded")
+    if image is not None and inp.kind != "file":
+        raise UsageError("--image goes with an audio-only input file (a podcast, a radio show)")
 
 
 def _profile_name(name: str) -> str:
@@ -451,6 +479,25 @@ def _describe_input(inp) -> str:
     return f"{inp.target}{' (looped)' if inp.loop else ''}"
 
 
+def _complete_tracks(ffmpeg: str, inp, enc) -> None:
+    """An audio-only file gets a still picture, a video-only one silent AAC: refused or announced, in one line."""
+    from restream import discover, plan
+
+    if inp.image and inp.has_video:
+        raise UsageError(f"--image is for audio-only inputs, and {inp.target} has video")
+    if inp.still:
+        if enc.copy:
+            raise UsageError(f"{inp.target} has no video, so a picture must be encoded for it: leave out --copy")
+        if inp.image and not discover.probe_input(ffmpeg, inp.image).has_video:
+            raise UsageError(f"--image {inp.image}: not a picture ffmpeg can read")
+        w, h = enc.size or plan.STILL_SIZE
+        picture = f"{inp.image} (fitted)" if inp.image else "a black picture"
+        notice(f"{inp.target} has no video: sending it with {picture} at {w}x{h}, "
+               f"{plan.number(enc.fps or plan.STILL_FPS)} fps" + ("" if inp.image else " (--image FILE for a cover)"))
+    elif inp.silence:
+        notice(f"{inp.target} has no audio: adding silent AAC (48 kHz stereo), as platforms expect an audio track")
+
+
 def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
                quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
                only=None, skip=None, lock: bool = True, ingest=None, once: bool = False,
@@ -471,9 +518,10 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     input_duration = None
     if inp.kind == "file":
         info = discover.probe_input(ff.path, inp.target)
-        inp = replace(inp, has_audio=info.has_audio, fps=info.fps, video_codec=info.video_codec,
-                      audio_codec=info.audio_codec)
+        inp = replace(inp, has_audio=info.has_audio, has_video=info.has_video, fps=info.fps,
+                      video_codec=info.video_codec, audio_codec=info.audio_codec)
         input_duration = None if inp.loop else info.duration
+        _complete_tracks(ff.path, inp, enc)
         if enc.copy and (info.video_codec not in (None, "h264") or info.audio_codec not in (None, "aac")):
             warn(f"--copy sends {info.video_codec}/{info.audio_codec} as is; platforms expect h264/aac")
     if inp.kind == "device" and not Path(inp.target[len("v4l2:"):]).exists():
@@ -582,13 +630,16 @@ def go_cmd(
     audio: Annotated[Optional[str], typer.Option("--audio", help="Capture audio for a device: alsa:DEV or pulse:DEV.")] = None,
     only: OnlyOpt = None,
     skip: SkipOpt = None,
-    record: Annotated[Optional[str], typer.Option("--record", metavar="FILE", help="Also record locally (.mkv .mp4 .flv .ts).")] = None,
-    duration: Annotated[Optional[str], typer.Option("--duration", metavar="90s|30m|2h", help="Stop cleanly after this long.")] = None,
+    record: RecordOpt = None,
+    overwrite: OverwriteOpt = False,
+    duration: DurationOpt = None,
     video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="Video bitrate (CBR-style: maxrate = bitrate, buffer = 2x).")] = "4500k",
     audio_bitrate: Annotated[str, typer.Option("--audio-bitrate", help="AAC bitrate.")] = "160k",
     size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Scale to this size.")] = None,
     fps: Annotated[Optional[str], typer.Option("--fps", help="Convert to this frame rate.")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="Send the input's streams as they are (no encode).")] = False,
+    image: Annotated[Optional[Path], typer.Option(
+        "--image", metavar="FILE", help="Audio-only input: show this picture (default: black).")] = None,
     ffmpeg: FfmpegOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the ffmpeg command (keys masked) and exit.")] = False,
     show_keys: ShowKeys = False,
@@ -600,8 +651,13 @@ def go_cmd(
     stall_timeout: StallTimeoutOpt = 30.0,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
-    """Go live: encode once, send to every enabled destination (at most five)."""
-    from restream import plan
+    """Go live: encode once, send to every enabled destination (at most five).
+
+    An audio-only file goes out over a still picture (black, or --image); a video-only file gets silent audio.
+    """
+    from dataclasses import replace
+
+    from restream import plan, recording
     from restream.selection import select
 
     inp = plan.parse_input(input, test_pattern, loop, audio)
@@ -609,14 +665,18 @@ def go_cmd(
         copy=copy, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
         audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"),
         size=plan.parse_size(size) if size else None, fps=plan.parse_fps(fps) if fps else None)
-    if copy and (size or fps):
-        raise UsageError("--size and --fps need an encode: they cannot be used with --copy")
+    conflicts(inp, copy=copy, size=size, fps=fps, image=image)
+    if image is not None:
+        inp = replace(inp, image=str(image))
     seconds = plan.parse_duration(duration) if duration else None
     if not 0.1 <= status_interval <= 3600:
         raise UsageError("--status-interval must be between 0.1 and 3600 seconds")
     mode = _output_mode(plain, as_json)
     p = _load_existing(profile)
     dests = select(p, only, skip)
+    if record:
+        record = recording.check(recording.expand(record, p.name), overwrite=overwrite,
+                                 inputs=(inp.target if inp.kind == "file" else None, inp.image))
     _bitrate_warnings(dests, enc.video_bitrate_k, copy)
     code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
                       duration=seconds, dry_run=dry_run, show_keys=show_keys, mode=mode, quiet=quiet,

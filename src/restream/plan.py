@@ -23,6 +23,8 @@ FIFO_OPTIONS = {
     "restart_with_keyframe": "1",
 }
 SLAVE_RW_TIMEOUT_US = 5_000_000
+STILL_SIZE = (1280, 720)  # the picture under an audio-only input, unless --size
+STILL_FPS = 30
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
@@ -43,6 +45,18 @@ class Input:
     fps: float | None = None  # files: known from probing
     video_codec: str | None = None  # files: known from probing
     audio_codec: str | None = None
+    has_video: bool = True  # files: known from probing; an audio-only file goes out over a still picture
+    image: str | None = None  # audio-only input: the still picture (--image), else black
+
+    @property
+    def still(self) -> bool:
+        """An audio-only file: restream adds the picture."""
+        return self.kind == "file" and not self.has_video
+
+    @property
+    def silence(self) -> bool:
+        """A video-only file: restream adds silent AAC (most platforms warn about or refuse a stream without audio)."""
+        return self.kind == "file" and not self.has_audio
 
     @property
     def live(self) -> bool:
@@ -112,16 +126,28 @@ def parse_fps(text: str) -> float:
     return value
 
 
+MAX_DURATION_S = 366 * 86400  # a year: longer than any broadcast, short enough to stay exact in every format
+
+
 def parse_duration(text: str) -> float:
-    """'90s', '30m', '2h', '1h30m', '45' (seconds) -> seconds."""
-    if not text or not re.fullmatch(r"(\d+(\.\d+)?[hms]?)+", text.strip()):
-        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h or 1h30m")
+    """'90s', '30m', '2h', '1h30m', '7d', '45' (seconds) -> seconds (to the millisecond, at most a year)."""
+    if not text or not re.fullmatch(r"(\d{1,9}(\.\d{1,3})?[dhms]?)+", text.strip()):
+        raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h, 1h30m or 7d")
     total = 0.0
-    for number, unit in re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text.strip()):
-        total += float(number) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit]
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", text.strip()):
+        total += float(number) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}[unit]
     if total <= 0:
         raise UsageError(f"duration {text!r} must be more than zero")
-    return total
+    if total > MAX_DURATION_S:
+        raise UsageError(f"duration {text!r} is more than a year (366d)")
+    return round(total, 3)
+
+
+def number(value: float) -> str:
+    """A number for ffmpeg's argv: plain decimal, never exponent form (ffmpeg misreads ``1.0008e+06`` as -t)."""
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def parse_input(text: str | None, test_pattern: bool, loop: bool, audio: str | None) -> Input:
@@ -190,17 +216,19 @@ def srt_slave(name: str, server_url: str, key: str | None) -> Slave:
     return Slave(name, url, "mpegts")
 
 
-RECORD_FORMATS = {".flv": "flv", ".ts": "mpegts", ".mkv": "matroska", ".mp4": "mp4", ".mov": "mov"}
+RECORD_FORMATS = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".flv": "flv", ".ts": "mpegts"}
 
 
 def record_slave(path: str) -> Slave:
+    """The local recording: written without fifo, so that ffmpeg never retries it (a retry would reopen, and so
+    truncate, the file) and a failure is logged as ``Slave muxer #N failed`` with its index."""
     ext = Path(path).suffix.lower()
     fmt = RECORD_FORMATS.get(ext)
     if fmt is None:
         raise UsageError(f"--record: unsupported file type {ext or '(none)'!r}: use {', '.join(RECORD_FORMATS)}")
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = (("use_fifo", "0"),)
     if fmt in ("mp4", "mov"):  # fragmented, so a recording cut short still plays
-        options = (("movflags", "+frag_keyframe+empty_moov+default_base_moof"),)
+        options += (("movflags", "+frag_keyframe+empty_moov+default_base_moof"),)
     return Slave("record", path, fmt, options)
 
 
@@ -208,7 +236,7 @@ def record_slave(path: str) -> Slave:
 
 def test_pattern_filter(size: tuple[int, int], fps: float, font: str | None) -> str:
     w, h = size
-    graph = f"testsrc2=size={w}x{h}:rate={fps:g}"
+    graph = f"testsrc2=size={w}x{h}:rate={number(fps)}"
     if font:
         fs = max(12, h // 18)
         graph += (f",drawtext=fontfile={font}:text='restream test  %{{localtime}}':x=(w-tw)/2:y=h-th-{fs}"
@@ -224,7 +252,19 @@ def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
                 "-re", "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:beep_factor=4"]
     if inp.kind == "file":
         loop = ["-stream_loop", "-1"] if inp.loop else []
-        return ["-re", *loop, "-i", inp.target or ""]
+        args = ["-re", *loop, "-i", inp.target or ""]
+        # generated tracks without -re: the file's -re paces the whole output (with -re on both, the output
+        # fell behind: 13 s of wall time for a 3 s file)
+        if inp.still:
+            fps = number(enc.fps or STILL_FPS)
+            if inp.image:
+                args += ["-loop", "1", "-framerate", fps, "-i", inp.image]
+            else:
+                w, h = enc.size or STILL_SIZE
+                args += ["-f", "lavfi", "-i", f"color=c=black:size={w}x{h}:rate={fps}"]
+        elif inp.silence:
+            args += ["-f", "lavfi", "-i", "anullsrc=channel_layout=stereo:sample_rate=48000"]
+        return args
     if inp.kind == "stdin":
         return ["-i", "pipe:0"]
     if inp.kind == "listen":  # relay mode: one publisher, through restream's ingest gate
@@ -242,10 +282,12 @@ def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
 
 
 def stream_maps(inp: Input) -> list[str]:
+    if inp.still:  # the picture is input 1, the sound input 0; the broadcast ends with the sound
+        return ["-map", "1:v:0", "-map", "0:a:0", "-shortest"]
+    if inp.silence:
+        return ["-map", "0:v:0", "-map", "1:a:0", "-shortest"]
     if inp.kind == "test" or (inp.kind == "device" and inp.audio):
         return ["-map", "0:v:0", "-map", "1:a:0"]
-    if inp.kind == "file" and not inp.has_audio:
-        return ["-map", "0:v:0"]
     return ["-map", "0:v:0", "-map", "0:a:0?"]
 
 
@@ -256,26 +298,32 @@ def flv_tags_needed(inp: Input) -> bool:
     return not (inp.kind == "file" and (inp.target or "").lower().endswith(".flv"))
 
 
-def copy_args(inp: Input) -> list[str]:
+def copy_args(inp: Input, enc: Encoding) -> list[str]:
     args = ["-c", "copy"]
     if flv_tags_needed(inp):
         if inp.video_codec in (None, "h264"):
             args += ["-tag:v", "7"]  # FLV's H.264 codec id
-        if inp.audio_codec in (None, "aac"):
+        if inp.audio_codec in (None, "aac") and not inp.silence:
             args += ["-tag:a", "10"]  # FLV's AAC sound format
+    if inp.silence:  # the video is copied, the added silence is encoded
+        args += ["-c:a", "aac", "-b:a", f"{enc.audio_bitrate_k}k", "-ar", "48000", "-ac", "2"]
     return args
 
 
 def encode_args(inp: Input, enc: Encoding) -> list[str]:
     if enc.copy:
-        return copy_args(inp)
-    fps = enc.fps or (30 if inp.kind == "test" else inp.fps)
+        return copy_args(inp, enc)
+    fps = enc.fps or (30 if inp.kind == "test" else STILL_FPS if inp.still else inp.fps)
     args: list[str] = []
     filters = []
-    if enc.size and inp.kind != "test":
+    if inp.still and inp.image:  # a cover of any size, fitted into the frame on black
+        w, h = enc.size or STILL_SIZE
+        filters.append(f"scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,"
+                       "setsar=1")
+    elif enc.size and inp.kind != "test" and not inp.still:
         filters.append(f"scale={enc.size[0]}:{enc.size[1]}")
-    if enc.fps and inp.kind != "test":
-        filters.append(f"fps={enc.fps:g}")
+    if enc.fps and inp.kind != "test" and not inp.still:
+        filters.append(f"fps={number(enc.fps)}")
     if filters:
         args += ["-vf", ",".join(filters)]
     v = enc.video_bitrate_k
@@ -294,6 +342,9 @@ def build(ffmpeg: str, inp: Input, enc: Encoding, slaves: tuple[Slave, ...], dur
     """The whole argv: one input, one encode, one tee with an isolated, self-healing slave per output."""
     if not slaves:
         raise UsageError("nothing to send to: no destination selected")
+    if enc.copy and inp.still:
+        raise UsageError("--copy cannot add a picture to an audio-only input: leave out --copy (the picture is "
+                         "encoded once)")
     if enc.copy and flv_tags_needed(inp) and any(s.name == "record" and s.format not in ("flv", "mpegts")
                                                  for s in slaves):
         raise UsageError("--copy from this input can only be recorded as .flv or .ts (the stream keeps FLV codec "
@@ -304,7 +355,7 @@ def build(ffmpeg: str, inp: Input, enc: Encoding, slaves: tuple[Slave, ...], dur
     argv += stream_maps(inp)
     argv += encode_args(inp, enc)
     if duration is not None:
-        argv += ["-t", f"{duration:g}"]
+        argv += ["-t", number(duration)]
     argv += ["-flags", "+global_header", "-f", "tee", "-use_fifo", "1", "-fifo_options", fifo_options(queue_size),
              tee_target(slaves)]
     return Plan(tuple(argv), slaves, secrets)
