@@ -66,6 +66,16 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Recording:
+    """The local recording (``--record``): "recording" when the broadcast starts, "failed" with ffmpeg's reason."""
+
+    ts: float
+    path: str
+    state: str  # "recording" | "failed"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Ended:
     ts: float
     exit_code: int
@@ -82,7 +92,7 @@ class NewSession:
     pid: int
 
 
-Event = Started | Progress | DestState | Traffic | Log | Ended | NewSession
+Event = Started | Progress | DestState | Traffic | Log | Recording | Ended | NewSession
 
 
 # -- -progress parsing --------------------------------------------------------------------------------------------

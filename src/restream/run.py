@@ -155,6 +155,8 @@ class Broadcast:
         self._srt_since = 0.0
         self._quiet_ports: set[str] = set()
         self._started_at: float | None = None
+        self.record_index: int | None = None  # the recording's slave index in the tee (it is the last one)
+        self.record_error: str | None = None  # the recording failed (ffmpeg: "Slave muxer #N failed: …")
 
     # -- state ------------------------------------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class Broadcast:
     def _slaves(self) -> tuple[plan.Slave, ...]:
         slaves, self.slot_of, self.relay_slots = layout(list(self.targets.values()), self.relay.slave_url,
                                                         self.record)
+        self.record_index = len(slaves) - 1 if self.record else None
         return slaves
 
     def free_slots(self) -> list[int]:
@@ -342,6 +345,8 @@ class Broadcast:
                 self.on_ready()
             if self.gate is None and self.duration is not None:
                 clock = asyncio.create_task(self._duration_clock())
+            if self.record:
+                self.emit(ev.Recording(time.time(), self.record, "recording"))
         tasks = [asyncio.create_task(c) for c in (self._read_progress(), self._read_log(), self._stopper())]
         rc = await self.proc.wait()
         # the last bytes reach the destinations (and who would not take them is named) before any verdict
@@ -390,6 +395,8 @@ class Broadcast:
         else:
             code = lifecycle.exit_code(self.life)
             reason = self.stop_reason or "input ended"
+        if code == 0 and self.record_error:
+            code = 1  # the destinations were fine; the recording was not
         self.emit(ev.Ended(time.time(), code, reason, rc, sessions=self.life.sessions if self.gate else None))
         return code
 
@@ -510,6 +517,7 @@ class Broadcast:
             if self.gate is not None and any(r in log.text for r in RELAY_ROUTINE):
                 log = ev.Log(log.ts, "info", log.text)
             self._srt_log(log.text)
+            self._record_log(log.text)
             if self.gate is not None and self.enc.copy:
                 self._check_codecs(log.text)
             if not self._noise(log.text):
@@ -530,6 +538,13 @@ class Broadcast:
             self.emit(ev.Log(time.time(), "warning",
                              f"the publisher sends {kind.lower()} as {codec}; platforms expect H.264 (or HEVC/AV1 "
                              f"where accepted) with AAC: set your encoder to those, or restart with --transcode"))
+
+    def _record_log(self, text: str) -> None:
+        """The recording is the tee's last slave, written without fifo: ffmpeg names its failure by index."""
+        failed = ev.slave_failure(text) if self.record_index is not None and self.record_error is None else None
+        if failed and failed[0] == self.record_index:
+            self.record_error = failed[1]
+            self.emit(ev.Recording(time.time(), self.record or "", "failed", failed[1]))
 
     # SRT slaves bypass the relay: their state comes from the log ("Error opening srt://…" names the URL).
     def _srt_log(self, text: str) -> None:

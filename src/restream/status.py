@@ -47,6 +47,13 @@ class DestStatus:
 
 
 @dataclass(frozen=True)
+class RecordStatus:
+    path: str
+    state: str  # recording / failed / recorded (the broadcast ended with the recording intact)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     profile: str = ""
     input: str = ""
@@ -67,6 +74,7 @@ class Snapshot:
     bitrate_source: str | None = None  # "ffmpeg" | "traffic" | None
     pid: int | None = None
     stream_base_s: float = 0.0  # relay mode: stream time of the publisher sessions before the current one
+    recording: RecordStatus | None = None  # --record
 
     @property
     def stream_total_s(self) -> float | None:
@@ -132,10 +140,17 @@ def reduce(s: Snapshot, e: events.Event) -> Snapshot:
         return _progress(s, e)
     if isinstance(e, events.NewSession):  # relay mode: the next ffmpeg's clock starts at 0
         return replace(s, stream_base_s=s.stream_base_s + (s.out_time_s or 0.0), out_time_s=None, pid=e.pid)
+    if isinstance(e, events.Recording):
+        if s.recording is not None and s.recording.state == "failed":
+            return s  # a failure stays reported
+        return replace(s, recording=RecordStatus(e.path, e.state, e.error))
     if isinstance(e, events.Ended):
         rows = tuple(replace(d, state=STOPPED, since=now, kbps=None) if d.state == LIVE else d
                      for d in s.destinations)
-        return replace(s, destinations=rows, ended=e)
+        rec = s.recording
+        if rec is not None and rec.state == "recording":
+            rec = replace(rec, state="recorded")
+        return replace(s, destinations=rows, ended=e, recording=rec)
     return s  # Log and anything else: time only
 
 

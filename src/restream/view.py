@@ -149,8 +149,16 @@ def progress_line(snap: Snapshot) -> str:
     return "progress: " + ", ".join(parts)
 
 
+def recording_line(snap: Snapshot) -> str | None:
+    """``recording: failed (No space left on device), show.mkv`` / ``recording: recorded, show.mkv``."""
+    rec = snap.recording
+    if rec is None:
+        return None
+    return f"recording: {rec.state}" + (f" ({one_line(rec.error)})" if rec.error else "") + f", {rec.path}"
+
+
 def summary_lines(snap: Snapshot) -> list[str]:
-    """One line per destination and one overall (no timestamps)."""
+    """One line per destination, the recording's, and one overall (no timestamps)."""
     lines = []
     for d in snap.destinations:
         text = (f"summary {d.name}: {'delivered' if d.state == ev.STOPPED else d.state}, live {clock(d.uptime_s)}, "
@@ -158,8 +166,15 @@ def summary_lines(snap: Snapshot) -> list[str]:
         if d.last_error:
             text += f", last error: {one_line(d.last_error)}"
         lines.append(text)
+    if snap.recording is not None:
+        lines.append("summary " + recording_line(snap))
     lines.append("end: " + overall(snap))
     return lines
+
+
+def _recording_dict(snap: Snapshot) -> dict | None:
+    rec = snap.recording
+    return None if rec is None else {"path": rec.path, "state": rec.state, "error": rec.error}
 
 
 def overall(snap: Snapshot) -> str:
@@ -277,6 +292,9 @@ class PlainView:
                 held = 0 if e.level == NOTICE_LEVEL else self._throttle.check((e.level, e.text), e.ts)
                 if held is not None:
                     self._line(snap.now, _repeated(f"{e.level}: {one_line(e.text)}", held))
+        elif isinstance(e, ev.Recording):
+            if e.state == "failed" or not self.quiet:
+                self._line(snap.now, recording_line(snap) or "")
         elif isinstance(e, ev.Ended):
             self._finish(snap)
         elif isinstance(e, (ev.Progress, ev.Traffic)):
@@ -362,6 +380,8 @@ class JsonView:
                     if held:
                         obj["repeated"] = held
                     self.emit(obj)
+        elif isinstance(e, ev.Recording):
+            self.emit({"event": "recording", "ts": iso(snap.now, True), **(_recording_dict(snap) or {})})
         elif isinstance(e, ev.Ended):
             self._finish(snap)
         elif isinstance(e, (ev.Progress, ev.Traffic)):
@@ -396,7 +416,7 @@ class JsonView:
                    "reason": end.reason if end else None,
                    "ffmpeg_returncode": end.ffmpeg_returncode if end else None,
                    "duration_s": _num(snap.elapsed_s), "time_s": _num(snap.stream_total_s), "bytes_out": snap.bytes_out,
-                   "sessions": end.sessions if end else None, "destinations": outcome(snap)})
+                   "sessions": end.sessions if end else None, "destinations": outcome(snap), "recording": _recording_dict(snap)})
 
     def close(self, snap: Snapshot) -> None:
         self._finish(snap)
@@ -528,6 +548,9 @@ def _header(snap: Snapshot, width: int):
              item("dropped", str(snap.drop_frames)), item("dup", str(snap.dup_frames)),
              item("out", human_bytes(snap.bytes_out)),
              item("live", f"{snap.live_count}/{snap.active_count}")]
+    if snap.recording is not None:
+        failed = snap.recording.state == "failed"
+        items.append(Text.assemble(("rec ", "dim"), ("FAILED" if failed else "on", "bold red" if failed else "bold")))
     if snap.ended:
         items.append(item("ended", f"{snap.ended.reason} (exit {snap.ended.exit_code})"))
     return [title, *_pack(items, width)]
@@ -622,6 +645,8 @@ class LiveView:
             row = self._changes.news(snap, e)
             if row is not None and e.error:
                 return state_line(row.name, row.state, e.error), "red"
+        elif isinstance(e, ev.Recording) and e.state == "failed":
+            return recording_line(snap) or "", "red"
         elif isinstance(e, ev.Log) and e.level in PROBLEM_LEVELS:
             held = self._throttle.check((e.level, e.text), e.ts)
             if held is not None:
@@ -650,4 +675,7 @@ class LiveView:
         from rich.text import Text
 
         self.console.print(summary_table(snap, self.console.width))
+        rec = recording_line(snap)
+        if rec:
+            self.console.print(Text(rec, style="bold red" if snap.recording.state == "failed" else ""))
         self.console.print(Text(overall(snap)))
