@@ -27,7 +27,7 @@ FORCED = ["-force_key_frames", "expr:gte(t,n_forced*2)"]
 AAC_64 = ["-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-ac", "2"]
 MAP_AV = ["-map", "0:v:0", "-map", "0:a:0?"]
 TONE = ["-re", "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:beep_factor=4"]
-REC_MP4_SPEC = (r"[f=mp4:onfail=ignore:movflags=\\\+frag\\\_keyframe\\\+empty\\\_moov\\\+default\\\_base\\\_moof]"
+REC_MP4_SPEC = (r"[f=mp4:onfail=ignore:use_fifo=0:movflags=\\\+frag\\\_keyframe\\\+empty\\\_moov\\\+default\\\_base\\\_moof]"
                 r"my\ \'show\'\.mp4")
 
 GOLDEN = {
@@ -42,7 +42,9 @@ GOLDEN = {
         *HEAD, "-re", "-i", "in.mp4", *MAP_AV, *X264_300, "-g", "50", "-keyint_min", "50", *FORCED, *AAC_64, *TEE,
         SLOT_SPEC]),
     "file+loop, no audio": (Input("file", "in.mp4", loop=True, fps=30.0, has_audio=False), CHEAP, None, (SLOT,), [
-        *HEAD, "-re", "-stream_loop", "-1", "-i", "in.mp4", "-map", "0:v:0", *X264_300, "-g", "60",
+        *HEAD, "-re", "-stream_loop", "-1", "-i", "in.mp4", "-f", "lavfi", "-i",
+        "anullsrc=channel_layout=stereo:sample_rate=48000", "-map", "0:v:0", "-map", "1:a:0", "-shortest",
+        *X264_300, "-g", "60",
         "-keyint_min", "60", *FORCED, *AAC_64, *TEE, SLOT_SPEC]),
     "file+copy+duration": (Input("file", "in.mp4", fps=25.0), Encoding(copy=True), 90, (SLOT,), [
         *HEAD, "-re", "-i", "in.mp4", *MAP_AV, "-c", "copy", "-tag:v", "7", "-tag:a", "10", "-t", "90", *TEE,
@@ -189,7 +191,7 @@ def test_record_path_with_spaces_and_quotes_round_trips(path):
 
 def test_record_spec_exact():
     assert plan.slave_spec(plan.record_slave("/tmp/my 'show' \"final\".mkv")) == (
-        r"[f=matroska:onfail=ignore]\/tmp\/my\ \'show\'\ \"final\"\.mkv")
+        r"[f=matroska:onfail=ignore:use_fifo=0]\/tmp\/my\ \'show\'\ \"final\"\.mkv")
     assert plan.slave_spec(plan.record_slave("my 'show'.mp4")) == REC_MP4_SPEC
     assert parse_tee(REC_MP4_SPEC)[0][0]["movflags"] == "+frag_keyframe+empty_moov+default_base_moof"
 
@@ -246,7 +248,7 @@ def test_parse_duration(text, seconds):
     assert plan.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0", "0s", "5x", "-5s", "1 h", "h", "1d", "s30"])
+@pytest.mark.parametrize("text", ["", "0", "0s", "5x", "-5s", "1 h", "h", "1w", "s30"])
 def test_parse_duration_invalid(text):
     with pytest.raises(UsageError, match="duration"):
         plan.parse_duration(text)

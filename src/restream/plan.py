@@ -131,7 +131,8 @@ MAX_DURATION_S = 366 * 86400  # a year: longer than any broadcast, short enough 
 
 def parse_duration(text: str) -> float:
     """'90s', '30m', '2h', '1h30m', '7d', '45' (seconds) -> seconds (to the millisecond, at most a year)."""
-    if not text or not re.fullmatch(r"(\d{1,9}(\.\d{1,3})?[dhms]?)+", text.strip()):
+    if not text or not re.fullmatch(r"(\d{1,9}(\.\d{1,3})?[dhms])*(\d{1,9}(\.\d{1,3})?)?", text.strip()) \
+            or not text.strip():
         raise UsageError(f"invalid duration {text!r}: use e.g. 90s, 30m, 2h, 1h30m or 7d")
     total = 0.0
     for number, unit in re.findall(r"(\d+(?:\.\d+)?)([dhms]?)", text.strip()):
