@@ -13,6 +13,7 @@ import typer
 
 from restream import __version__, paths, platforms
 from restream import profile as prof
+from restream.redact import mask_url, url_secrets
 from restream.errors import (
     BroadcastError,
     BusyError,
@@ -42,7 +43,33 @@ def exit_code_for(exc: RestreamError) -> int:
     return EXIT_BROADCAST
 
 
+class _Group(typer.core.TyperGroup):
+    """The root command: Click's and Typer's own errors (unknown option, bad value, missing argument) become one
+    ``restream: error: …`` line and a hint, exit 2, like every other error; Typer's boxes are never drawn."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import click
+
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _err(" ".join(exc.format_message().split()))
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                typer.echo(f"see '{ctx.command_path} --help'", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            typer.echo("", err=True)
+            sys.exit(EXIT_SIGINT)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="restream",
     help="Multistream one live input to up to five platforms with one ffmpeg: encode once, fan out, self-heal.\n\n"
     "Quick start:  restream demo   (local, touches nothing)\n\n"
@@ -52,7 +79,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
+    add_completion=True,
 )
 
 
@@ -99,14 +126,42 @@ def _root(
     pass
 
 
+def complete_profiles(incomplete: str) -> list[str]:
+    """Shell completion: the profiles in the config directory."""
+    try:
+        return [n for n in prof.list_profiles() if n.startswith(incomplete)]
+    except Exception:  # completion never prints a traceback into the user's shell
+        return []
+
+
+def complete_destinations(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion: destination names of the profile given so far (-p, RESTREAM_PROFILE or default);
+    after a comma (--only a,b) the names not listed yet."""
+    try:
+        name = (ctx.params.get("profile") if ctx is not None else None) or os.environ.get("RESTREAM_PROFILE") \
+            or paths.DEFAULT_PROFILE
+        names = [d.name for d in prof.load(name).destinations]
+    except Exception:
+        return []
+    head, _, last = incomplete.rpartition(",")
+    given = set(head.split(",")) if head else set()
+    prefix = head + "," if head else ""
+    return [prefix + n for n in names if n.startswith(last) and n not in given]
+
+
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", envvar="RESTREAM_PROFILE", metavar="NAME",
-                                         help="Profile to use (env RESTREAM_PROFILE).")]
+                                         help="Profile to use (env RESTREAM_PROFILE).",
+                                         autocompletion=complete_profiles)]
+DestArg = Annotated[str, typer.Argument(metavar="NAME", help="The destination's name (see: restream list).",
+                                        autocompletion=complete_destinations)]
 ShowKeys = Annotated[bool, typer.Option("--show-keys", help="Print stream keys in full (they are masked otherwise).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 # Options shared by the broadcasting commands (go, relay, demo).
-OnlyOpt = Annotated[Optional[str], typer.Option("--only", metavar="A,B", help="Only these destinations.")]
-SkipOpt = Annotated[Optional[str], typer.Option("--skip", metavar="A,B", help="All enabled but these.")]
+OnlyOpt = Annotated[Optional[str], typer.Option("--only", metavar="A,B", help="Only these destinations.",
+                                                autocompletion=complete_destinations)]
+SkipOpt = Annotated[Optional[str], typer.Option("--skip", metavar="A,B", help="All enabled but these.",
+                                                autocompletion=complete_destinations)]
 FfmpegOpt = Annotated[Optional[str],
     typer.Option("--ffmpeg", metavar="PATH", help="ffmpeg to use (env RESTREAM_FFMPEG).")]
 PlainOpt = Annotated[bool, typer.Option("--plain", help="Plain log lines instead of the live view.")]
@@ -206,7 +261,14 @@ def _key_from_options(key: str | None, key_env: str | None, key_stdin: bool, req
     if sys.stdin.isatty():
         import getpass
 
-        entered = getpass.getpass("Stream key (input hidden): ")
+        try:
+            entered = getpass.getpass("Stream key (input hidden): ")
+        except EOFError:
+            typer.echo("", err=True)
+            raise UsageError("no stream key entered (end of input at the prompt)") from None
+        except KeyboardInterrupt:
+            typer.echo("", err=True)
+            raise typer.Exit(EXIT_SIGINT) from None
         return prof.validate_key(entered), None, True
     raise UsageError("no stream key given and no terminal to ask on: use --key, --key-env VAR or --key-stdin")
 
@@ -251,12 +313,15 @@ def add_cmd(
     dest = prof.make_destination(name, url, skey, kenv, not disabled, preset.name if preset else None,
                                  str(ca_file) if ca_file else None)
     _edit(profile, lambda p: p.added(dest))
-    typer.echo(f"added {dest.name} -> {dest.server_url}" + ("" if dest.enabled else " (disabled)"))
+    typer.echo(f"added {dest.name} -> {mask_url(dest.server_url)}" + ("" if dest.enabled else " (disabled)"))
+    if kenv and not os.environ.get(kenv):
+        warn(f"${kenv} is not set in this shell: set it (export {kenv}=…) wherever you run restream go, "
+             "or store the key instead (restream edit " + dest.name + " --key-stdin)")
 
 
 def _dest_dict(d: prof.Destination, show_keys: bool) -> dict:
     key = d.stream_key if show_keys else prof.mask_key(d.stream_key)
-    out = {"name": d.name, "server_url": d.server_url, "stream_key": key or None,
+    out = {"name": d.name, "server_url": d.server_url if show_keys else mask_url(d.server_url), "stream_key": key or None,
            "stream_key_env": d.stream_key_env, "enabled": d.enabled, "platform": d.platform}
     if d.ca_file:
         out["ca_file"] = d.ca_file
@@ -286,7 +351,7 @@ def list_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = Fal
 
 
 @command("show", epilog="Example:\n\n  restream show youtube --show-keys")
-def show_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = False,
+def show_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = False,
              show_keys: ShowKeys = False) -> None:
     """Show one destination (key masked)."""
     d = _load_existing(profile).get(name)
@@ -306,7 +371,7 @@ def show_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: Js
 @command("edit", epilog="Examples:\n\n  restream edit youtube --key-stdin < new.key\n\n"
          "  restream edit studio --url rtmps://studio.example/live --rename studio-tls")
 def edit_cmd(
-    name: str,
+    name: DestArg,
     url: Annotated[Optional[str], typer.Option("--url", help="New server URL.")] = None,
     key: KeyOpt = None,
     key_env: KeyEnvOpt = None,
@@ -337,7 +402,7 @@ def edit_cmd(
 
 
 @command("remove", epilog="Example:\n\n  restream remove twitch")
-def remove_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
+def remove_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
     """Remove a destination."""
     _edit(profile, lambda p: p.removed(name))
     typer.echo(f"removed {name}")
@@ -353,13 +418,13 @@ def _set_enabled(name: str, profile: str, enabled: bool) -> None:
 
 
 @command("enable", epilog="Example:\n\n  restream enable twitch")
-def enable_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
+def enable_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
     """Switch a destination on (it goes live with the next broadcast)."""
     _set_enabled(name, profile, True)
 
 
 @command("disable", epilog="Example:\n\n  restream disable twitch")
-def disable_cmd(name: str, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
+def disable_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> None:
     """Switch a destination off without forgetting it."""
     _set_enabled(name, profile, False)
 
@@ -476,7 +541,7 @@ def _describe_input(inp) -> str:
         return "test pattern"
     if inp.kind == "listen":
         return "relay ingest"
-    return f"{inp.target}{' (looped)' if inp.loop else ''}"
+    return f"{mask_url(inp.target)}{' (looped)' if inp.loop else ''}"
 
 
 def _complete_tracks(ffmpeg: str, inp, enc) -> None:
@@ -529,7 +594,9 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     if record:  # the file type, and that it fits the stream (--copy), checked before anything starts
         plan.build(ff.path, inp, enc, (plan.record_slave(record),))
     font = plan.find_font() if inp.kind == "test" else None
-    secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else [])
+    # keys, and credentials in URLs (rtmp://user:password@host/…): the destinations' and the input's
+    url_creds = [c for t in targets for c in url_secrets(t.server_url)] + url_secrets(inp.target)
+    secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else []) + url_creds
     if dry_run:
         slaves, slot_of, _ = runner.layout(targets, lambda i: f"rtmp://127.0.0.1:<slot-{i}-port>/slot/slot-{i}",
                                            record)
@@ -539,7 +606,8 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         for t in targets:
             where = f"slot-{slot_of[t.name]} via restream's relay" if t.name in slot_of else "direct (SRT)"
             key = t.key if show_keys else prof.mask_key(t.key)
-            typer.echo(f"# {t.name}: {t.server_url} key {key or '-'} ({where})")
+            typer.echo(f"# {t.name}: {t.server_url if show_keys else mask_url(t.server_url)} key {key or '-'} "
+                       f"({where})")
         typer.echo(mask(p.shell()))
         return EXIT_OK
 
@@ -574,7 +642,7 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         b = runner.Broadcast(ff.path, inp, enc, targets, on_event, profile=profile_name,
                              ffmpeg_label=f"{ff.path} ({ff.version})", record=record, duration=duration, font=font,
                              input_label=redact(_describe_input(inp)), watch=watch, once=once,
-                             secrets=(ingest["key"],) if ingest else (),
+                             secrets=((ingest["key"],) if ingest else ()) + tuple(url_creds),
                              queue_size=2000 if ingest else 600, input_duration=input_duration,
                              stall_timeout=stall_timeout,
                              on_ready=(lambda: typer.echo(banner, err=True)) if banner else None)
@@ -749,7 +817,10 @@ def relay_cmd(
     skip: SkipOpt = None,
     video_bitrate: Annotated[str, typer.Option("--video-bitrate", help="With --transcode: video bitrate.")] = "4500k",
     audio_bitrate: Annotated[str, typer.Option("--audio-bitrate", help="With --transcode: AAC bitrate.")] = "160k",
-    record: Annotated[Optional[str], typer.Option("--record", metavar="FILE", help="Also record locally.")] = None,
+    record: Annotated[Optional[str], typer.Option(
+        "--record", metavar="FILE", help="With --once: also record locally (.mkv .mp4 .mov .flv .ts; {date}, {time} "
+        "and {profile} are filled in).")] = None,
+    overwrite: OverwriteOpt = False,
     ffmpeg: FfmpegOpt = None,
     plain: PlainOpt = False,
     as_json: JsonEventsOpt = False,
@@ -791,10 +862,16 @@ def relay_cmd(
         raise UsageError("--listen must name an application, e.g. rtmp://127.0.0.1:1935/live")
     app = path[0]
     key_given = path[1] if len(path) == 2 else os.environ.get("RESTREAM_INGEST_KEY") or None
+    if record and not once:
+        raise UsageError("--record in relay mode needs --once: each new publisher would start the file again")
     mode = _output_mode(plain, as_json)
     stall_timeout = _stall_timeout(stall_timeout)
     p = _load_existing(profile)
     dests = select(p, only, skip)
+    if record:
+        from restream import recording
+
+        record = recording.check(recording.expand(record, p.name), overwrite=overwrite)
     enc = plan.Encoding(copy=not transcode, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
                         audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"))
     if transcode:

@@ -20,8 +20,24 @@ from restream import paths
 from restream import profile as prof
 from restream.errors import FFmpegError, RestreamError, UsageError
 
+def _complete_profiles(incomplete: str) -> list[str]:
+    try:
+        return [n for n in prof.list_profiles() if n.startswith(incomplete)]
+    except Exception:
+        return []
+
+
+def _complete_destinations(ctx: typer.Context, incomplete: str) -> list[str]:
+    try:
+        name = ctx.params.get("profile") or os.environ.get("RESTREAM_PROFILE") or paths.DEFAULT_PROFILE
+        return [d.name for d in prof.load(name).destinations if d.name.startswith(incomplete)]
+    except Exception:
+        return []
+
+
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", envvar="RESTREAM_PROFILE", metavar="NAME",
-                                         help="Profile to use (env RESTREAM_PROFILE).")]
+                                         help="Profile to use (env RESTREAM_PROFILE).",
+                                         autocompletion=_complete_profiles)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 SCHEDULABLE = ("go",)
@@ -80,7 +96,8 @@ def _cell(step) -> str:
 
 def check_cmd(
     names: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[NAME]...", help="Destinations to check (default: every enabled one).")] = None,
+        metavar="[NAME]...", help="Destinations to check (default: every enabled one).",
+        autocompletion=_complete_destinations)] = None,
     timeout: Annotated[float, typer.Option("--timeout", metavar="SECONDS",
                                            help="Time limit for the whole check.")] = 10.0,
     as_json: JsonOpt = False,

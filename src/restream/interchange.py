@@ -13,16 +13,20 @@ FORMATS = ("toml", "apivideo")
 
 def export(p: prof.Profile, fmt: str, include_keys: bool) -> tuple[str, int]:
     """Return (text, number of keys left out)."""
-    left_out = 0 if include_keys else sum(d.stream_key is not None for d in p.destinations)
+    from restream.redact import mask_url, url_secrets
+
+    left_out = 0 if include_keys else sum(d.stream_key is not None or bool(url_secrets(d.server_url))
+                                          for d in p.destinations)
     if fmt == "toml":
         text = prof.dumps(p, include_keys=include_keys)
         if left_out:
-            text = f"# {left_out} stream key(s) left out: export with --show-keys to include them\n" + text
+            text = (f"# {left_out} stream key(s) left out (and URL passwords masked): export with --show-keys to "
+                    "include them\n" + text)
         return text, left_out
     if fmt == "apivideo":
         items = []
         for d in p.destinations:
-            item = {"name": d.name, "serverUrl": d.server_url}
+            item = {"name": d.name, "serverUrl": d.server_url if include_keys else mask_url(d.server_url)}
             if include_keys and d.stream_key is not None:
                 item["streamKey"] = d.stream_key
             items.append(item)

@@ -214,6 +214,10 @@ def to_document(profile: Profile, include_keys: bool = True) -> dict:
     dests = []
     for d in profile.destinations:
         item = {"name": d.name, "server_url": d.server_url}
+        if not include_keys:  # credentials in the URL are a key too
+            from restream.redact import mask_url
+
+            item["server_url"] = mask_url(d.server_url)
         if d.stream_key is not None and include_keys:
             item["stream_key"] = d.stream_key
         if d.stream_key_env is not None:

@@ -53,3 +53,40 @@ class Redactor:
         if self._pattern is None or not text:
             return text
         return self._pattern.sub(MASK, text)
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials in a URL's userinfo (``rtmp://user:password@host/…``): the password, or a lone user name
+    (``rtmp://TOKEN@host``), as written and percent-decoded. Empty when the URL has none."""
+    from urllib.parse import unquote, urlsplit
+
+    if not url or "@" not in url:
+        return []
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return []
+    secret = password if password is not None else user
+    if not secret:
+        return []
+    return list(dict.fromkeys([secret, unquote(secret)]))
+
+
+def mask_url(url: str | None) -> str:
+    """``rtmp://user:pw@host/live`` -> ``rtmp://user:••••@host/live``; a lone user name is masked whole."""
+    from urllib.parse import urlsplit
+
+    if not url or "@" not in url:
+        return url or ""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    masked = f"{user}:{MASK}" if password is not None and user else MASK
+    return parts._replace(netloc=f"{masked}@{hostport}").geturl()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from restream.errors import UsageError
+from restream.errors import NotFoundError, UsageError
 from restream.profile import MAX_LIVE, Destination, Profile
 
 
@@ -13,7 +13,7 @@ def split_names(text: str | None) -> list[str]:
 def _get(p: Profile, name: str) -> Destination:
     dest = p.find(name)
     if dest is None:
-        raise UsageError(f"no destination named {name!r} in profile {p.name!r} (see: restream list)")
+        raise NotFoundError(f"no destination named {name!r} in profile {p.name!r} (see: restream list)")
     return dest
 
 

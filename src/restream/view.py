@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Protocol
 
 from restream import events as ev
+from restream.redact import mask_url
 from restream.status import DestStatus, Snapshot, outcome
 
 PROBLEM_LEVELS = ("panic", "fatal", "error", "warning")
@@ -359,7 +360,7 @@ class JsonView:
         if isinstance(e, ev.Started):
             self.emit({"event": "start", "ts": iso(e.ts, True), "profile": snap.profile, "input": snap.input,
                        "ffmpeg": snap.ffmpeg, "pid": e.pid,
-                       "destinations": [{"name": name, "url": url, "host": _host(snap, name)}
+                       "destinations": [{"name": name, "url": mask_url(url), "host": _host(snap, name)}
                                         for name, url in e.destinations]})
         elif isinstance(e, ev.DestState):
             row = self._changes.news(snap, e)
@@ -368,7 +369,7 @@ class JsonView:
                        "state": e.state if e.state in (ev.ADDED, ev.REMOVED) else row.state, "error": e.error,
                        "host": row.host, "reconnects": row.reconnects, "uptime_s": _num(row.uptime_s)}
                 if e.url:
-                    obj["url"] = e.url
+                    obj["url"] = mask_url(e.url)
                 if row.state == ev.STALLED and row.stalled_since is not None:
                     obj["stalled_s"] = _num(max(0.0, snap.now - row.stalled_since), 1)
                 self.emit(obj)
