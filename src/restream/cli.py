@@ -314,6 +314,8 @@ def add_cmd(
                                  str(ca_file) if ca_file else None)
     _edit(profile, lambda p: p.added(dest))
     typer.echo(f"added {dest.name} -> {mask_url(dest.server_url)}" + ("" if dest.enabled else " (disabled)"))
+    if dest.scheme in ("rtmp", "rtmps") and url_secrets(dest.server_url):
+        warn("credentials in an RTMP URL (user:password@) cannot be used to go live: put the key in the stream key")
     if kenv and not os.environ.get(kenv):
         warn(f"${kenv} is not set in this shell: set it (export {kenv}=…) wherever you run restream go, "
              "or store the key instead (restream edit " + dest.name + " --key-stdin)")
@@ -507,6 +509,9 @@ def _targets(dests) -> list:
 
     targets = []
     for d in dests:
+        if d.scheme in ("rtmp", "rtmps") and url_secrets(d.server_url):
+            raise UsageError(f"destination {d.name!r}: credentials in an RTMP URL ({mask_url(d.server_url)}) are not "
+                             f"supported; give the key as the stream key: restream edit {d.name} --url URL --key-stdin")
         key = prof.resolve_key(d)
         parts = urlsplit(d.server_url)
         if key is None and d.scheme in ("rtmp", "rtmps") and len([p for p in parts.path.split("/") if p]) < 2:
