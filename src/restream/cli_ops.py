@@ -200,6 +200,9 @@ def _go_argv(ctx: typer.Context, tokens: list[str], profile: str, profile_explic
         if value is not None and key in given and (key != "ffmpeg" or os.sep in str(value)):
             if key != "input" or _is_local_path(str(value)):
                 params[key] = os.path.abspath(os.path.expanduser(str(value)))
+    if params.get("record") and "{" not in str(params["record"]) and not params.get("overwrite"):
+        _warn(f"--record {params['record']} has no {{date}} or {{time}}: the first run creates it and every later "
+              "run will refuse to overwrite it (use e.g. show-{date}_{time}.mkv)")
     if params.get("input") and _is_local_path(params["input"]) and not Path(params["input"]).exists():
         _warn(f"input file {params['input']} does not exist now; the broadcast will fail unless it does by then")
     argv = [tokens[0]]
@@ -226,15 +229,28 @@ def _cron_env() -> dict[str, str]:
     """What the job must see that cron will not give it: the same config dir (and ffmpeg override)."""
     import shutil
 
-    env = {}
-    folder = os.environ.get("RESTREAM_CONFIG_DIR")
-    if folder:
-        env["RESTREAM_CONFIG_DIR"] = os.path.abspath(os.path.expanduser(folder))
+    env = {"RESTREAM_CONFIG_DIR": _config_dir()}  # always: the line belongs to this config dir
     ffmpeg = os.environ.get("RESTREAM_FFMPEG")
     if ffmpeg:  # a bare name is looked up on PATH, and cron's PATH is /usr/bin:/bin
         env["RESTREAM_FFMPEG"] = (os.path.abspath(os.path.expanduser(ffmpeg)) if os.sep in ffmpeg
                                   else shutil.which(ffmpeg) or ffmpeg)
     return env
+
+
+def _config_dir() -> str:
+    return os.path.abspath(paths.config_dir().expanduser())
+
+
+def _default_config_dir() -> str:
+    """Where a line written without RESTREAM_CONFIG_DIR (by an older restream) keeps its profiles."""
+    import platformdirs
+
+    return os.path.abspath(platformdirs.user_config_dir("restream"))
+
+
+def _mine(entry) -> bool:
+    """Schedules belong to their config dir: list and remove see only the entries made with the same one."""
+    return os.path.realpath(entry.config_dir(_default_config_dir())) == os.path.realpath(_config_dir())
 
 
 def _fmt_time(t) -> str:
@@ -292,19 +308,22 @@ def schedule_add_cmd(
     paths.runtime_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
     with FileLock(str(paths.runtime_dir() / "crontab.lock"), mode=0o600):
         text = schedule.read_crontab(binary)
-        schedule.write_crontab(schedule.add(text, line), binary)
+        schedule.write_crontab(schedule.add(text, line, _mine), binary)
     typer.echo(f"scheduled {name!r}: {line}")
     typer.echo(f"next runs: {runs}")
     typer.echo(f"log file: {log_file}")
 
 
-def schedule_list_cmd(as_json: JsonOpt = False) -> None:
-    """List the broadcasts restream scheduled in your crontab."""
+def schedule_list_cmd(
+    as_json: JsonOpt = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Show each whole crontab command.")] = False,
+) -> None:
+    """List the broadcasts restream scheduled in your crontab with this config directory."""
     from datetime import datetime
 
     from restream import schedule
 
-    found = schedule.entries(schedule.read_crontab())
+    found = [e for e in schedule.entries(schedule.read_crontab()) if _mine(e)]
     now = datetime.now().astimezone()
     rows = []
     for e in found:
@@ -312,7 +331,8 @@ def schedule_list_cmd(as_json: JsonOpt = False) -> None:
             nxt = _fmt_time(schedule.next_runs(e.expr, now, 1)[0]) if e.active else "(commented out)"
         except Exception:  # an expression edited by hand into something croniter cannot read
             nxt = "?"
-        rows.append({"name": e.name, "schedule": e.expr, "next": nxt, "active": e.active, "command": e.command})
+        rows.append({"name": e.name, "schedule": e.expr, "next": nxt, "active": e.active, "profile": e.profile,
+                     "summary": e.summary, "command": e.command, "config_dir": e.config_dir(_default_config_dir())})
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -321,7 +341,19 @@ def schedule_list_cmd(as_json: JsonOpt = False) -> None:
         return
     from restream.tables import table
 
-    table([("NAME", "name"), ("SCHEDULE", "schedule"), ("NEXT RUN", "next"), ("COMMAND", "command")], rows)
+    if wide:
+        table([("NAME", "name"), ("SCHEDULE", "schedule"), ("NEXT RUN", "next"), ("COMMAND", "command")], rows)
+        return
+    # fits 100 columns: the command shortened to what was scheduled; --wide or --json for all of it
+    fixed = 2 * 4 + sum(max(len(h), *(len(str(r[k] or "")) for r in rows))
+                        for h, k in (("NAME", "name"), ("SCHEDULE", "schedule"), ("NEXT RUN", "next"),
+                                     ("PROFILE", "profile")))
+    room = max(12, 100 - fixed)
+    for r in rows:
+        if len(r["summary"]) > room:
+            r["summary"] = r["summary"][:room - 1] + "…"
+    table([("NAME", "name"), ("SCHEDULE", "schedule"), ("NEXT RUN", "next"), ("PROFILE", "profile"),
+           ("BROADCAST", "summary")], rows)
 
 
 def schedule_remove_cmd(
@@ -337,9 +369,10 @@ def schedule_remove_cmd(
     paths.runtime_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
     with FileLock(str(paths.runtime_dir() / "crontab.lock"), mode=0o600):
         text = schedule.read_crontab(binary)
-        new, gone = schedule.remove(text, name)
+        new, gone = schedule.remove(text, name, _mine)
         if not gone:
-            raise UsageError(f"no scheduled broadcast named {name!r} (see: restream schedule list)")
+            raise UsageError(f"no scheduled broadcast named {name!r} in {_config_dir()} (see: restream schedule "
+                             "list)")
         schedule.write_crontab(new, binary)
     typer.echo(f"removed schedule {name!r}")
 
@@ -373,7 +406,8 @@ def register(app: typer.Typer, exit_code_for: Callable[[RestreamError], int]) ->
                   "  restream schedule add @daily -p events -- go --test-pattern --duration 60s\n\n"
                   "  restream schedule add \"30 8 * * 1-5\" --print -- go rtmp://127.0.0.1/live/cam --copy   "
                   "(print the line, install nothing)")(_guard(schedule_add_cmd, exit_code_for))
-    sched.command("list", epilog="Examples:\n\n  restream schedule list\n\n  restream schedule list --json")(
+    sched.command("list", epilog="Examples:\n\n  restream schedule list\n\n  restream schedule list --wide\n\n"
+                  "  restream schedule list --json")(
         _guard(schedule_list_cmd, exit_code_for))
     sched.command("remove", epilog="Example:\n\n  restream schedule remove weekly")(
         _guard(schedule_remove_cmd, exit_code_for))

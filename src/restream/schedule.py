@@ -17,7 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,6 +42,58 @@ class Entry:
     command: str  # the shell command as cron runs it (``\\%`` already turned back into ``%``)
     line: str  # the line as written, without its newline
     active: bool = True  # False when the line has been commented out by hand
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The ``VAR=value`` words the command starts with (``RESTREAM_CONFIG_DIR``, ``RESTREAM_FFMPEG``)."""
+        try:
+            words = shlex.split(self.command)
+        except ValueError:
+            return {}
+        out = {}
+        for word in words:
+            var, eq, value = word.partition("=")
+            if not eq or not _ENV_RE.fullmatch(var):
+                break
+            out[var] = value
+        return out
+
+    def config_dir(self, default: str) -> str:
+        """The config directory the entry was made with (a line without one was made with ``default``)."""
+        return self.env.get("RESTREAM_CONFIG_DIR") or default
+
+    @property
+    def summary(self) -> str:
+        """The scheduled command without the interpreter and environment: ``go /srv/show.mp4 --duration 2h``."""
+        try:
+            words = shlex.split(self.command)
+        except ValueError:
+            return self.command
+        if "restream" in words:  # ... python -m restream go …
+            words = words[words.index("restream") + 1:]
+        else:
+            words = [w for w in words if not ("=" in w and _ENV_RE.fullmatch(w.split("=", 1)[0]))][1:]
+        skip = {"--plain"}
+        out, i = [], 0
+        while i < len(words):  # the log file and profile are in their own columns
+            if words[i] in ("--log-file", "-p", "--profile"):
+                i += 2
+                continue
+            if words[i] not in skip:
+                out.append(words[i])
+            i += 1
+        return shlex.join(out)
+
+    @property
+    def profile(self) -> str | None:
+        try:
+            words = shlex.split(self.command)
+        except ValueError:
+            return None
+        for flag in ("-p", "--profile"):
+            if flag in words[:-1]:
+                return words[words.index(flag) + 1]
+        return None
 
 
 # -- cron expressions ---------------------------------------------------------------------------------------------
@@ -160,16 +212,21 @@ def entries(text: str) -> list[Entry]:
     return [e for e in (parse_line(ln.rstrip("\n")) for ln in _split_lines(text)) if e is not None]
 
 
-def find(text: str, name: str) -> Entry | None:
-    return next((e for e in entries(text) if e.name == name), None)
+def _all(entry: Entry) -> bool:
+    return True
 
 
-def add(text: str, line: str) -> str:
-    """``text`` with ``line`` appended; every existing byte is kept (a missing final newline is supplied)."""
+def find(text: str, name: str, mine: Callable[[Entry], bool] = _all) -> Entry | None:
+    return next((e for e in entries(text) if e.name == name and mine(e)), None)
+
+
+def add(text: str, line: str, mine: Callable[[Entry], bool] = _all) -> str:
+    """``text`` with ``line`` appended; every existing byte is kept (a missing final newline is supplied).
+    ``mine``: which entries count (those of the same config directory), for the name's uniqueness."""
     entry = parse_line(line)
     if entry is None:
         raise ValueError("not a restream crontab line")
-    if find(text, entry.name) is not None:
+    if find(text, entry.name, mine) is not None:
         raise UsageError(f"a schedule named {entry.name!r} already exists: remove it first "
                          f"(restream schedule remove {entry.name}) or choose another --name")
     if text and not text.endswith("\n"):
@@ -177,13 +234,14 @@ def add(text: str, line: str) -> str:
     return text + line + "\n"
 
 
-def remove(text: str, name: str) -> tuple[str, list[Entry]]:
-    """``text`` without restream's line(s) named ``name``; every other line kept byte for byte."""
+def remove(text: str, name: str, mine: Callable[[Entry], bool] = _all) -> tuple[str, list[Entry]]:
+    """``text`` without restream's line(s) named ``name`` (of those ``mine`` accepts); every other line kept
+    byte for byte."""
     kept: list[str] = []
     gone: list[Entry] = []
     for raw in _split_lines(text):
         entry = parse_line(raw.rstrip("\n"))
-        if entry is not None and entry.name == name:
+        if entry is not None and entry.name == name and mine(entry):
             gone.append(entry)
         else:
             kept.append(raw)
