@@ -90,11 +90,27 @@ class Term:
         header = re.split(r" {2,}", lines[i].strip())
         rows = {}
         for line in lines[i + 2:]:
+            if line.strip().startswith("↳"):  # a row's reason, on a line of its own on a narrow screen
+                continue
             cells = re.split(r" {2,}", line.strip())
             if cells[0] not in names:
                 break
             rows[cells[0]] = dict(zip(header, cells))
         return rows
+
+    def reason(self, name: str) -> str:
+        """What the screen says about why ``name`` is not live: its "last error" cell, else the ``↳`` line under
+        its row (the last table on screen)."""
+        lines = self.lines
+        rows = self.table()
+        cell = rows.get(name, {}).get("last error")
+        if cell:
+            return cell
+        for i in range(len(lines) - 1, -1, -1):
+            if lines[i].startswith(name + " ") or lines[i].startswith(name[:10] + "…"):
+                below = lines[i + 1].strip() if i + 1 < len(lines) else ""
+                return below[1:].strip() if below.startswith("↳") else ""
+        return ""
 
     def states(self, names=NAMES) -> dict[str, str | None]:
         rows = self.table(names)
@@ -235,3 +251,27 @@ def test_80_columns_keep_every_row_and_state(setup):
     assert {n: final[n]["state"] for n in NAMES} == {"alpha": "stopped", "bravo": "stopped",
                                                       "charlie": "failed"}, t.dump()
     assert "duration reached, exit 1" in "\n".join(t.lines), t.dump()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("cols", [60, 80, 120])
+def test_every_width_shows_state_and_reason_and_three_ctrl_c_leave_one_title(setup, cols):
+    t = setup.start(cols=cols, seconds=40, color=False)
+    t.wait(all_live, LIVE_TIMEOUT, f"all three rows live at {cols} columns")
+    setup.receivers["bravo"].kill()
+    t.wait(lambda t: t.states()["bravo"] == "retrying" and t.reason("bravo"), 5,
+           "bravo retrying, with its reason on screen")
+    assert t.states() == {"alpha": "live", "bravo": "retrying", "charlie": "live"}, t.dump()
+    assert all(len(line) <= cols for line in t.lines)
+    print(t.dump())
+    for _ in range(3):
+        t.child.sendcontrol("c")
+    assert t.finish(30) == 130, t.dump()
+    screen = t.lines
+    titles = [line for line in screen if line.startswith("restream default ←")]
+    assert len(titles) <= 1, t.dump()  # the live table is erased whole
+    assert "^C" not in "\n".join(screen), t.dump()
+    assert any(line.startswith("summary") for line in screen), t.dump()
+    final = t.table()
+    assert final["bravo"]["state"] == "failed", t.dump()
+    assert t.reason("bravo"), t.dump()

@@ -568,6 +568,23 @@ def _complete_tracks(ffmpeg: str, inp, enc) -> None:
         notice(f"{inp.target} has no audio: adding silent AAC (48 kHz stereo), as platforms expect an audio track")
 
 
+def _close_views(sinks, snap) -> None:
+    """Leave the summary on screen whole: a second or third Ctrl-C arriving after ffmpeg stopped would otherwise
+    interrupt the live view half-way through erasing itself (its title was left on screen twice)."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        for sink in sinks:
+            sink.close(snap)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
                quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
                only=None, skip=None, lock: bool = True, ingest=None, once: bool = False,
@@ -670,9 +687,8 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
                 sinks[0].error(str(exc), exit_code_for(exc))  # a failure before the start: one error event
             raise
         finally:
-            for sink in sinks:
-                if snap.started_at is not None:
-                    sink.close(snap)
+            if snap.started_at is not None:
+                _close_views(sinks, snap)
     return code
 
 

@@ -466,8 +466,45 @@ def _spare(widths: dict[str, int], keep: list[str], width: int, most: int = 60) 
     return max(10, min(most, width - used))
 
 
+def _reason_rows(rows, keep: list[str]) -> dict[int, DestStatus]:
+    """Rows whose reason would not be seen: no error column fits, and the row is not live (retrying, failed, …)."""
+    if "error" in keep:
+        return {}
+    return {i: d for i, d in enumerate(rows)
+            if d.last_error and d.state not in (ev.LIVE, ev.STOPPED, ev.CONNECTING, "removed")}
+
+
+def _reason_line(d: DestStatus, width: int, indent: int = 2):
+    """``  ↳ Connection refused`` under a row, cut to the width."""
+    from rich.text import Text
+
+    line = Text(" " * indent + "↳ " + one_line(d.last_error or ""), style=STATE_STYLE.get(d.state, ""),
+                no_wrap=True, overflow="ellipsis")
+    line.truncate(width, overflow="ellipsis")
+    return line
+
+
+class _WithReasons:
+    """A table whose rows are one line each, with a reason line under the rows in ``reasons`` (by row index)."""
+
+    def __init__(self, table, reasons: dict[int, DestStatus], head: int) -> None:
+        self.table, self.reasons, self.head = table, reasons, head
+
+    def __rich_console__(self, console, options):
+        from rich.segment import Segment
+
+        lines = console.render_lines(self.table, options, pad=False, new_lines=False)
+        for i, line in enumerate(lines):
+            yield from line
+            yield Segment.line()
+            d = self.reasons.get(i - self.head)
+            if d is not None:
+                yield _reason_line(d, options.max_width)
+
+
 def _dest_table(snap: Snapshot, width: int):
-    """The per-destination table, with as many columns as fit ``width``."""
+    """The per-destination table, with as many columns as fit ``width``; when the error column does not fit, a
+    retrying or failed row gets its reason on a second line."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -515,7 +552,8 @@ def _dest_table(snap: Snapshot, width: int):
             else:
                 line.append(Text(text))
         table.add_row(*line, style="dim" if d.state == "removed" else None)
-    return table
+    reasons = _reason_rows(rows, keep)
+    return _WithReasons(table, reasons, head=2) if reasons else table
 
 
 def _pack(items: list, width: int, sep: str = "   "):
@@ -594,7 +632,37 @@ def summary_table(snap: Snapshot, width: int):
     for i, d in enumerate(rows):
         table.add_row(*(Text(cells[k][i], style=STATE_STYLE.get(d.state, "") if k == "state" else "")
                         for k in keep))
-    return table
+    reasons = _reason_rows(rows, keep) if has_error else {}
+    return _WithReasons(table, reasons, head=3) if reasons else table
+
+
+def _no_echoctl():
+    """While the live table is up, the terminal does not echo Ctrl-C as ``^C``: the echo lands after the table's
+    last line, may wrap it, and Rich then erases one line too few (the title was left on screen twice).
+    Returns what to restore, or None."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd):
+            return None
+        before = termios.tcgetattr(fd)
+        after = list(before)
+        after[3] &= ~termios.ECHOCTL
+        termios.tcsetattr(fd, termios.TCSANOW, after)
+        return fd, before
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+
+
+def _restore_tty(saved) -> None:
+    if saved:
+        try:
+            import termios
+
+            termios.tcsetattr(saved[0], termios.TCSANOW, saved[1])
+        except (OSError, ValueError):
+            pass
 
 
 class LiveView:
@@ -630,6 +698,7 @@ class LiveView:
                           redirect_stdout=self.console.file is sys.stdout,
                           redirect_stderr=self._err is sys.stderr)
         self._live.start(refresh=True)
+        self._quiet_ctl = _no_echoctl()
 
     def update(self, snap: Snapshot, event: ev.Event) -> None:
         if self._closed:
@@ -673,6 +742,7 @@ class LiveView:
         if self._live is not None:
             self._live.update(self.render(snap))
             self._live.stop()
+            _restore_tty(getattr(self, "_quiet_ctl", None))
         from rich.text import Text
 
         self.console.print(summary_table(snap, self.console.width))
