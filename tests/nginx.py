@@ -44,17 +44,35 @@ DATA = Path(__file__).resolve().parent / "data"
 CERT = DATA / "cert.pem"
 KEY = DATA / "key.pem"
 
-INSTALL_HINT = ("nginx with libnginx-mod-rtmp is not installed: run "
-                "`apt-get install nginx libnginx-mod-rtmp libnginx-mod-stream` — CI installs it")
+INSTALL = "run `apt-get install nginx libnginx-mod-rtmp libnginx-mod-stream` — CI installs it"
+INSTALL_HINT = "nginx or one of its modules (rtmp, stream) is not installed: " + INSTALL
 
 
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
+def missing_parts(tls: bool = True) -> list[str]:
+    """What is missing for the interop tests: ``nginx``, ``libnginx-mod-rtmp``, ``libnginx-mod-stream`` (TLS)."""
+    missing = [] if nginx_binary() else ["nginx"]
+    if not RTMP_MODULE.is_file():
+        missing.append(f"libnginx-mod-rtmp ({RTMP_MODULE})")
+    if tls and not STREAM_MODULE.is_file():
+        missing.append(f"libnginx-mod-stream ({STREAM_MODULE})")
+    return missing
+
+
+def install_hint(tls: bool = True) -> str:
+    """Names exactly what is missing (the stream module alone is enough to skip the RTMPS tests)."""
+    missing = missing_parts(tls)
+    if not missing:
+        return INSTALL_HINT
+    return f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: {INSTALL}"
+
+
 def nginx_available(tls: bool = True) -> bool:
     """True when the nginx binary and the rtmp module (and, for ``tls``, the stream module) are installed."""
-    return bool(nginx_binary()) and RTMP_MODULE.is_file() and (not tls or STREAM_MODULE.is_file())
+    return not missing_parts(tls)
 
 
 def require_nginx(tls: bool = True) -> None:
@@ -63,8 +81,8 @@ def require_nginx(tls: bool = True) -> None:
         import pytest
 
         if os.environ.get("RESTREAM_REQUIRE_INTEROP"):  # CI installs nginx: a missing one there is a failure
-            pytest.fail("RESTREAM_REQUIRE_INTEROP is set but " + INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
+            pytest.fail("RESTREAM_REQUIRE_INTEROP is set but " + install_hint(tls))
+        pytest.skip(install_hint(tls))
 
 
 @dataclass(frozen=True)
@@ -162,7 +180,7 @@ class NginxRtmp:
     # --------------------------------------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 10.0) -> "NginxRtmp":
         if not nginx_available(self.tls):
-            raise RuntimeError(INSTALL_HINT)
+            raise RuntimeError(install_hint(self.tls))
         if self._callback is None:
             self._callback = _Callback(self.callback_port, self)
             self._callback_thread = threading.Thread(target=self._callback.serve_forever,

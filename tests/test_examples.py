@@ -79,7 +79,9 @@ def test_cron_example_parses():
     assert schedule.validate_expr(" ".join(fields[:5])) == "0 19 * * 1"
     entry = schedule.parse_line(lines[0])  # the same shape restream schedule writes
     assert entry is not None and entry.name == "weekly"
-    assert fields[5].startswith("/") and " go " in lines[0] and "--plain" in fields and "--log-file" in fields
+    assert entry.env.get("RESTREAM_CONFIG_DIR", "").startswith("/")  # as restream schedule writes it
+    assert fields[6].startswith("/") and " go " in lines[0] and "--plain" in fields and "--log-file" in fields
+    assert "{date}_{time}" in lines[0]  # a new recording each run, never refused as existing
 
 
 def test_systemd_units_are_well_formed():
@@ -91,7 +93,7 @@ def test_systemd_units_are_well_formed():
         cp.read_string((EXAMPLES / "systemd" / name).read_text(encoding="utf-8"))
         assert "Unit" in cp and "Install" in cp
     service = (EXAMPLES / "systemd" / "restream-weekly.service").read_text(encoding="utf-8")
-    assert "--plain" in service and "ExecStart=/" in service
+    assert "--plain" in service and "ExecStart=/" in service and "--record" in service and "{date}" in service
 
 
 EVENTS = "\n".join([
