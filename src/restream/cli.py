@@ -774,12 +774,16 @@ def go_cmd(
     raise typer.Exit(code)
 
 
-@command("demo", epilog="Examples:\n\n  restream demo\n\n  restream demo --seconds 30")
+@command("demo", epilog="Examples:\n\n  restream demo\n\n  restream demo --seconds 30\n\n"
+         "  restream demo --sample show.mp4   (a sample video to try restream go with)")
 def demo_cmd(
     seconds: Annotated[float, typer.Option("--seconds", help="How long to broadcast.")] = 15.0,
     size: Annotated[str, typer.Option("--size", metavar="WxH", help="Test pattern size.")] = "1280x720",
     plain: PlainOpt = False,
     ffmpeg: FfmpegOpt = None,
+    sample: Annotated[Optional[Path], typer.Option(
+        "--sample", metavar="FILE", help="Instead: write a 30 s sample video (test card, tone) to FILE, e.g. "
+        "show.mp4, to try 'restream go FILE' with; an existing file is never replaced.")] = None,
 ) -> None:
     """Try restream locally: three stand-in platforms on this machine, a test pattern, a verdict.
 
@@ -794,6 +798,17 @@ def demo_cmd(
     if not 3 <= seconds <= 3600:
         raise UsageError("--seconds must be between 3 and 3600")
     ff = discover.require(ffmpeg, encoders=("libx264", "aac"))
+    if sample is not None:
+        try:
+            demo.make_sample(ff.path, sample)
+        except FileExistsError:
+            raise UsageError(f"--sample {sample}: file exists; choose another name") from None
+        except OSError as exc:
+            raise UsageError(f"--sample {sample}: {exc.strerror or exc}") from None
+        except RuntimeError as exc:
+            raise BroadcastError(f"--sample {sample}: {exc}") from None
+        typer.echo(f"wrote {sample}: 30 s of test card and tone (H.264/AAC). Try: restream go {sample} --loop")
+        return
     with tempfile.TemporaryDirectory(prefix="restream-demo-") as tmp:
         try:
             receivers = demo.start_receivers(ff.path, Path(tmp))

@@ -90,3 +90,27 @@ def verify(ffmpeg: str, r: Receiver, expected_s: float) -> Verdict:
     if duration < expected_s * 0.5:
         return Verdict(r.name, False, size, duration, f"only {duration:.1f} s of {expected_s:.0f} s arrived")
     return Verdict(r.name, True, size, duration, "decodes cleanly")
+
+
+def make_sample(ffmpeg: str, path: Path, seconds: int = 30) -> None:
+    """A short H.264/AAC sample video (test card and tone) to try ``restream go FILE`` with. Never overwrites."""
+    fd_path = Path(path)
+    with open(fd_path, "xb"):  # claims the name; ffmpeg then writes it (-y only replaces this empty file)
+        pass
+    try:
+        subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error",
+                        "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=30:duration={seconds}",
+                        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+                        "-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-pix_fmt", "yuv420p",
+                        "-c:a", "aac", "-ac", "2", "-shortest", "-y", str(fd_path)],
+                       check=True, capture_output=True, timeout=300)
+    except subprocess.CalledProcessError as exc:
+        fd_path.unlink(missing_ok=True)
+        last = exc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {exc.returncode}"]
+        raise RuntimeError(f"ffmpeg failed: {last[0]}") from None
+    except subprocess.TimeoutExpired:
+        fd_path.unlink(missing_ok=True)
+        raise RuntimeError("ffmpeg took too long") from None
+    except BaseException:
+        fd_path.unlink(missing_ok=True)
+        raise
