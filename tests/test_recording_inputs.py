@@ -353,3 +353,23 @@ def test_an_audio_only_file_goes_out_with_a_picture(cli, tmp_path, media):
         assert (m.video_codec, m.audio_codec) == ("h264", "aac") and m.decodes, m
         assert abs(m.duration - 3) <= 1.0, m
     assert "summary recording: recorded" in proc.stdout
+
+
+def test_relay_record_needs_once_and_is_checked(cli, dest, tmp_path):
+    code, _, err = cli("relay", "--record", str(tmp_path / "r.mkv"))
+    assert code == 2 and "--record in relay mode needs --once" in one_error_line(err)
+    old = tmp_path / "old.mkv"
+    old.write_bytes(b"keep")
+    code, _, err = cli("relay", "--once", "--record", str(old))
+    assert code == 2 and "file exists" in one_error_line(err)
+    assert old.read_bytes() == b"keep"
+
+
+def test_demo_sample_never_replaces_a_file(cli, tmp_path):
+    old = tmp_path / "show.mp4"
+    old.write_bytes(b"mine")
+    code, _, err = cli("demo", "--sample", str(old))
+    assert code == 2 and "file exists" in one_error_line(err)
+    assert old.read_bytes() == b"mine"
+    code, _, err = cli("demo", "--sample", str(tmp_path / "no" / "dir.mp4"))
+    assert code == 2 and "No such file or directory" in one_error_line(err)
