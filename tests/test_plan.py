@@ -320,7 +320,12 @@ def test_target_upstream_and_key_in_url():
 @pytest.mark.parametrize("delivered, code", [({}, 5), ({"a": True}, 0), ({"a": True, "b": True}, 0),
                                              ({"a": True, "b": False}, 1), ({"a": False, "b": False}, 5)])
 def test_exit_code(delivered, code):
-    assert run.exit_code(delivered) == code
+    from restream import lifecycle
+
+    life = lifecycle.initial(list(delivered))
+    life = lifecycle.step(life, lifecycle.Live("a")) if delivered.get("a") else life
+    life = lifecycle.step(life, lifecycle.Live("b")) if delivered.get("b") else life
+    assert lifecycle.exit_code(lifecycle.step(life, lifecycle.StopBegan("input ended"))) == code
 
 
 @pytest.mark.parametrize("key", [CANARY_KEY, "Zq"])
