@@ -96,15 +96,76 @@ def pytest_runtest_makereport(item, call):
             break
 
 
-def pytest_collection_modifyitems(config, items):
-    """Real-process tests (e2e, interop) get up to two reruns, shown as R in the report and counted in its summary.
+@pytest.fixture
+def procs(tmp_path: Path):
+    """A ``support.Procs``: receivers, proxies and ``restream go`` children, reaped by PID in teardown."""
+    from support import Procs
 
-    They run real ffmpeg encodes and receivers on a 2-core machine with wall-clock bounds; a run that loses its
-    CPU for a few seconds can miss a bound without any bug. Pure tests never rerun: a failure there is final.
-    """
-    for item in items:
+    p = Procs(tmp_path)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def add(cli):
+    """``add(name, url, key)``: ``restream add NAME --url URL --key-stdin`` with the key on stdin."""
+
+    def do(name: str, url: str, key: str, *extra: str) -> None:
+        code, out, err = cli("add", name, "--url", url, "--key-stdin", *extra, input=key + "\n")
+        assert code == 0, err
+
+    return do
+
+
+# -- the rerun policy ------------------------------------------------------------------------------------------------
+
+MAX_RERUNS = 1
+
+
+def _rerun_policy_problems(item) -> list[str]:
+    """What is wrong with ``item``'s rerun marker (pytest-rerunfailures' ``flaky``), if anything."""
+    from support import RERUN_ON
+
+    problems = []
+    for node, marker in item.iter_markers_with_node("flaky"):
+        if node is not item:
+            problems.append(f"a rerun marker on {type(node).__name__.lower()} {node.name}: mark each test instead")
+        if marker.args or marker.kwargs.get("reruns", 1) > MAX_RERUNS:
+            problems.append(f"reruns={marker.kwargs.get('reruns', marker.args)}: at most {MAX_RERUNS}")
+        only = marker.kwargs.get("only_rerun")
+        if not only or any(not (isinstance(e, type) and issubclass(e, RERUN_ON)) for e in only):
+            problems.append("a rerun only on a timing failure: only_rerun from support.RERUN_ON (use @timing)")
+        if AssertionError not in marker.kwargs.get("rerun_except", ()):
+            problems.append("rerun_except=[AssertionError] (use @timing)")
+        if not (item.get_closest_marker("e2e") or item.get_closest_marker("interop")):
+            problems.append("a pure test never reruns")
         if item.get_closest_marker("no_rerun"):
-            continue
-        if item.get_closest_marker("e2e") or item.get_closest_marker("interop"):
-            if item.get_closest_marker("flaky") is None:
-                item.add_marker(pytest.mark.flaky(reruns=2, reruns_delay=1))
+            problems.append("marked no_rerun")
+    return problems
+
+
+def pytest_collection_modifyitems(config, items):
+    """Enforce the rerun policy (README, Development): reruns are per test (never per module or class), at most one,
+    only on a timing failure (support.RERUN_ON: a missed deadline or a bound on seconds), never for a pure test.
+    Every plain ``assert`` (exit codes, states, key leaks) is final. A test that breaks the policy stops the run."""
+    bad = [f"{item.nodeid}: {problem}" for item in items for problem in _rerun_policy_problems(item)]
+    if getattr(config.option, "reruns", None):
+        bad.append(f"--reruns {config.option.reruns}: reruns are chosen per test (@timing), not for the whole run")
+    if bad:
+        raise pytest.UsageError("rerun policy broken (see tests/support.py, timing):\n  " + "\n  ".join(bad))
+
+
+_reruns: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.outcome == "rerun":
+        crash = getattr(report.longrepr, "reprcrash", None)
+        _reruns.append((report.nodeid, crash.message.splitlines()[0][:160] if crash else str(report.longrepr)[:160]))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Always say how many reruns the run needed, and why each one."""
+    terminalreporter.write_line(f"reruns: {len(_reruns)} (timing failures only, at most {MAX_RERUNS} per test)")
+    for nodeid, why in _reruns:
+        terminalreporter.write_line(f"  rerun {nodeid}: {why}")

@@ -562,3 +562,93 @@ def test_cli_add_never_tracebacks(cli, name, url, key):
     else:
         assert code == 2, err
         assert err.startswith("restream: error: ")
+
+
+# -- choosing what goes live: --only / --skip ----------------------------------------------------------------------
+
+def _three(cli) -> None:
+    for i, name in enumerate("abc"):
+        code, _, err = cli("add", name, "--url", f"rtmp://127.0.0.1:{20000 + i}/live", "--key", f"key-{name}-0123")
+        assert code == 0, err
+    assert cli("disable", "c")[0] == 0
+
+
+@pytest.mark.parametrize("args, chosen", [
+    ((), ["a", "b"]),                 # the enabled ones
+    (("--only", "b"), ["b"]),
+    (("--only", "c,a"), ["c", "a"]),  # by name, enabled or not, in the order given
+    (("--only", "a,a"), ["a"]),
+    (("--skip", "a"), ["b"]),
+    (("--skip", "c"), ["a", "b"]),    # skipping a disabled one changes nothing
+])
+def test_only_and_skip_choose_the_destinations(cli, args, chosen):
+    # mutation caught: selection.select ignoring only/skip (the cases with --only/--skip)
+    from restream.selection import select
+
+    _three(cli)
+    only = args[1] if args[:1] == ("--only",) else None
+    skip = args[1] if args[:1] == ("--skip",) else None
+    assert [d.name for d in select(prof.load("default"), only, skip)] == chosen
+
+
+@pytest.mark.parametrize("args, chosen", [(("--only", "c,a"), ["c", "a"]), (("--skip", "a"), ["b"])])
+def test_go_dry_run_honours_only_and_skip(cli, args, chosen):
+    # mutation caught: `go` not passing --only/--skip on to selection.select (cli.go)
+    _three(cli)
+    code, out, err = cli("go", "--test-pattern", "--dry-run", *args)
+    assert code == 0, err
+    named = [line.split(":")[0][2:] for line in out.splitlines() if line.startswith("# ") and " key " in line]
+    assert named == chosen, out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--only", "ghost"), "no destination named 'ghost'"),
+    (("--skip", "ghost"), "no destination named 'ghost'"),
+    (("--only", "a", "--skip", "b"), "cannot be used together"),
+    (("--only", ","), "no destination selected"),
+])
+def test_only_and_skip_usage_errors_exit_2(cli, args, message):
+    _three(cli)
+    code, out, err = cli("go", "--test-pattern", "--dry-run", *args)
+    assert code == 2, (code, out, err)
+    assert message in err, err
+
+
+# -- short keys are masked -----------------------------------------------------------------------------------------
+
+def test_short_srt_key_is_masked_in_the_dry_run(cli):
+    # mutation caught: redact.Redactor skipping secrets shorter than redact.SHORT (8)
+    code, _, err = cli("add", "s", "--url", "srt://127.0.0.1:9000?mode=caller", "--key", "Q7z")
+    assert code == 0, err
+    code, out, err = cli("go", "--test-pattern", "--dry-run")
+    assert code == 0, err
+    assert "Q7z" not in out + err, out  # the SRT key travels in ffmpeg's URL: the dry run must mask it
+    assert "streamid\\=" + MASK in out, out  # tee-escaped in the spec, masked
+    code, out, _ = cli("go", "--test-pattern", "--dry-run", "--show-keys")
+    assert code == 0 and "Q7z" in out  # control: the key is in that command line
+
+
+# -- exit codes of go: 3 for the profile, 4 for ffmpeg -------------------------------------------------------------
+
+def test_go_on_a_broken_profile_exits_3(cli, profile_path):
+    # mutation caught: exit_code_for mapping ProfileError to anything but 3
+    path = profile_path()
+    path.parent.mkdir(parents=True)
+    path.write_text('version = 1\n[[destinations]]\nname = "a"\nserver_url = "rtmp://h/x\n')
+    code, out, err = cli("go", "--test-pattern", "--dry-run")
+    assert code == 3, (code, out, err)
+    assert str(path) in err and "line 4" in err, err
+    code, out, err = cli("go", "--test-pattern", "--dry-run", "-p", "nosuchprofile")
+    assert code == 3 and "nosuchprofile" in err, (code, err)
+
+
+@pytest.mark.parametrize("what", ["not-ffmpeg", "not-executable"])
+def test_go_with_an_unusable_ffmpeg_exits_4(cli, tmp_path, what):
+    # mutation caught: discover accepting a binary without an ffmpeg version line, or exit_code_for(FFmpegError) != 4
+    assert cli("add", "a", "--url", "rtmp://127.0.0.1:20000/live", "--key", "key-a-0123")[0] == 0
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\necho 'this is not ffmpeg'\n")
+    fake.chmod(0o755 if what == "not-ffmpeg" else 0o644)
+    code, out, err = cli("go", "--test-pattern", "--dry-run", "--ffmpeg", str(fake))
+    assert code == 4, (code, out, err)
+    assert str(fake) in err, err

@@ -421,3 +421,16 @@ def test_redactor_handles_several_keys_and_no_keys():
     redact = Redactor(["key-one-1234", "key-two-5678"])
     assert redact("a key-one-1234 b key-two-5678 c") == f"a {MASK} b {MASK} c"
     assert CANARY_KEY in spellings(CANARY_KEY)
+
+
+@pytest.mark.parametrize("line, masked", [
+    ("srt://127.0.0.1:9000?streamid=Q7z&mode=caller", f"srt://127.0.0.1:9000?streamid={MASK}&mode=caller"),
+    ("rtmp://h/live/Q7z: I/O error", f"rtmp://h/live/{MASK}: I/O error"),
+    ("Q7z", MASK),
+    ("the key is Q7z.", f"the key is {MASK}."),
+    ("xQ7z Q7zx Q7z9", "xQ7z Q7zx Q7z9"),  # inside a longer word: left alone (a one-letter key must not shred logs)
+])
+def test_redactor_masks_a_short_key_where_it_stands_alone(line, masked):
+    # mutation caught: Redactor ignoring secrets shorter than redact.SHORT, or masking them inside words
+    assert Redactor(["Q7z"])(line) == masked
+    assert Redactor(["k"])("a k b") == f"a {MASK} b" and Redactor(["k"])("kick") == "kick"
