@@ -358,3 +358,103 @@ def test_copy_from_a_file(procs, add, tmp_path, ext):
     receivers_done(r)
     assert rc == 0, [e for e in go.events if e["event"] == "log"]
     assert_delivered(r, 3.0, within=1.0)
+
+
+# -- 9. documented claims: ffmpeg dies with restream, --only/--skip, TLS host names, the run-state file --------------
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (killed, not yet reaped by its new parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@timing
+@pytest.mark.timeout(60)
+def test_ffmpeg_dies_within_a_second_of_kill_9_of_restream(procs, add):
+    # mutation caught: run.die_with_parent not setting PR_SET_PDEATHSIG (or not passed as preexec_fn)
+    r = procs.receiver("a", "key-a")
+    add("a", r.url, "key-a")
+    go = procs.go(*CHEAP, "--json")
+    go.wait_live("a")
+    ffmpeg = go.event("start")["pid"]
+    assert not _gone(ffmpeg) and ffmpeg in go.tee_ffmpegs()
+    os.kill(go.proc.pid, signal.SIGKILL)  # restream only: its ffmpeg runs in a session of its own
+    killed = time.monotonic()
+    try:
+        wait_for(lambda: _gone(ffmpeg), 5, interval=0.01, what=f"ffmpeg {ffmpeg} to die with restream")
+    finally:
+        if not _gone(ffmpeg):
+            os.kill(ffmpeg, signal.SIGKILL)  # teardown by PID: never leave it behind
+    bound(time.monotonic() - killed, 1.0, "ffmpeg gone after kill -9 of restream")
+
+
+@timing
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("option, names", [("--only", "c,a"), ("--skip", "b")])
+def test_only_and_skip_send_to_the_chosen_destinations_only(procs, add, option, names):
+    # mutation caught: `go` ignoring --only/--skip (every enabled destination goes live, c never does)
+    recs = {n: procs.receiver(n, f"key-{n}") for n in "abc"}
+    for n, r in recs.items():
+        add(n, r.url, f"key-{n}")
+    go = procs.go(*CHEAP, "--duration", "3s", "--json", option, names)
+    assert go.wait(45) == 0, go.stderr
+    receivers_done(*recs.values(), timeout=5)
+    assert sorted(d["name"] for d in go.event("start")["destinations"]) == ["a", "c"]
+    assert set(go.events[-1]["destinations"]) == {"a", "c"}
+    assert not recs["b"].connected() and not recs["b"].out.exists(), "b was not chosen and yet received"
+    for n in "ac":
+        assert_delivered(recs[n], 3.0, within=1.0)
+
+
+@timing
+@pytest.mark.timeout(60)
+def test_rtmps_certificate_for_another_name_is_refused(procs, add):
+    # mutation caught: the slot relay connecting with check_hostname off (a certificate for any name accepted)
+    from support import CERT, TlsFront
+
+    good, bad = procs.receiver("good", "key-good"), procs.receiver("bad", "key-bad")
+    front_ok = procs.track(TlsFront(good.port, "127.0.0.1").start())
+    front_other = procs.track(TlsFront(bad.port, "127.0.0.2").start())  # the certificate names 127.0.0.1 only
+    add("good", f"rtmps://127.0.0.1:{front_ok.port}/live", "key-good", "--ca-file", str(CERT))
+    add("bad", f"rtmps://127.0.0.2:{front_other.port}/live", "key-bad", "--ca-file", str(CERT))
+    go = procs.go(*CHEAP, "--duration", "4s", "--json", "--status-interval", "0.5")
+    go.wait_live(["good"])
+    refused = go.wait_state("bad", "retrying", 10)
+    assert "certificate verify failed" in refused["error"] and "127.0.0.2" in refused["error"], refused
+    assert go.wait(45) == 1, go.stderr  # one destination failed
+    receivers_done(good, timeout=5)
+    end = go.events[-1]
+    assert end["destinations"]["bad"]["state"] == "failed" and end["destinations"]["good"]["state"] == "stopped"
+    assert "live" not in [e["state"] for e in go.states("bad")]
+    assert front_other.handshakes == 0 and front_other.tls_errors, "the TLS handshake with 127.0.0.2 completed"
+    assert not bad.connected() and front_ok.handshakes >= 1
+
+
+@timing
+@pytest.mark.timeout(60)
+def test_run_state_file_is_0600_and_holds_no_key(procs, add, config_dir):
+    # mutations caught: runtime.write not through profile.atomic_write (mode from the umask, 0644);
+    # the run-state snapshot carrying a destination's key
+    import json
+    import stat as st
+
+    r = procs.receiver("canary", CANARY_KEY)
+    add("canary", r.url, CANARY_KEY)
+    add("srt", f"srt://127.0.0.1:{free_port()}?mode=caller", "srt-Key-4711")  # its key goes in ffmpeg's URL
+    go = procs.go(*CHEAP, "--duration", "4s", "--json", "--status-interval", "0.5")
+    go.wait_live(["canary"])
+    state = config_dir / "run" / "default.json"
+    data = wait_for(lambda: state.exists() and json.loads(state.read_text()).get("snapshot") and state, 10,
+                    what="the run-state file with a snapshot")
+    assert st.S_IMODE(data.stat().st_mode) == 0o600
+    assert st.S_IMODE(data.parent.stat().st_mode) == 0o700
+    text = data.read_text(encoding="utf-8")
+    doc = json.loads(text)
+    assert doc["pid"] == go.proc.pid and doc["command"] == "go", doc
+    assert_no_canary(text, "the run-state file")
+    assert "srt-Key-4711" not in text
+    go.wait(45)
+    assert not state.exists(), "the run-state file outlived the broadcast"

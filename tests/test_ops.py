@@ -326,6 +326,25 @@ def test_cli_check_rtmps_with_and_without_ca_file():
     assert bad.returncode == 1 and "certificate verify failed" in bad.stdout
 
 
+def test_cli_check_refuses_a_certificate_for_another_name():
+    # mutation caught: check's TLS step with check_hostname off (a certificate for any name accepted)
+    with Server() as srv:
+        fronts = [support.TlsFront(srv.port, host).start() for host in ("127.0.0.1", "127.0.0.2")]
+        try:
+            for front in fronts:  # the certificate names 127.0.0.1 (and localhost), not 127.0.0.2
+                url = f"rtmps://{front.host}:{front.port}/live"
+                assert rs("add", f"at-{front.host}", "--url", url, "--key", "k", "--ca-file", CERT).returncode == 0
+            good = rs("check", "at-127.0.0.1", "--timeout", "5")
+            other = rs("check", "at-127.0.0.2", "--timeout", "5")
+        finally:
+            for front in fronts:
+                front.stop()
+    assert good.returncode == 0, good.stdout + good.stderr  # control: the same certificate and CA file
+    assert other.returncode == 1, other.stdout + other.stderr
+    assert "certificate verify failed" in other.stdout and "127.0.0.2" in other.stdout, other.stdout
+    assert fronts[1].handshakes == 0
+
+
 def test_cli_check_usage_errors():
     assert rs("check", "--timeout", "0").returncode == 2
     r = rs("check")
@@ -364,20 +383,21 @@ def test_cli_schedule_invalid_expression_is_usage_error():
         assert r.returncode == 2 and "cron expression" in r.stderr, (expr, r.stderr)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--", "go", "--test-pattern", "--json"], "--json"),
-    (["--", "go", "--test-pattern", "--dry-run"], "--dry-run"),
-    (["--", "go", "-"], "standard input"),
-    (["--", "go", "--test-pattern", "--no-such-option"], "no-such-option"),
-    (["--", "go", "--test-pattern", "--duration", "soon"], "duration"),
-    (["--", "go", "--test-pattern", "--only", "ghost"], "ghost"),
-    (["--", "list"], "after '--'"),
-    (["--name", "bad name", "--", "go", "--test-pattern"], "schedule name"),
+@pytest.mark.parametrize("args,message,code", [
+    (["--", "go", "--test-pattern", "--json"], "--json", 2),
+    (["--", "go", "--test-pattern", "--dry-run"], "--dry-run", 2),
+    (["--", "go", "-"], "standard input", 2),
+    (["--", "go", "--test-pattern", "--no-such-option"], "no-such-option", 2),
+    (["--", "go", "--test-pattern", "--duration", "soon"], "duration", 2),
+    (["--", "go", "--test-pattern", "--only", "ghost"], "no destination named 'ghost'", 2),  # as `go --only` says
+    (["--", "list"], "after '--'", 2),
+    (["--name", "bad name", "--", "go", "--test-pattern"], "schedule name", 2),
 ])
-def test_cli_schedule_validates_go_options(args, message):
+def test_cli_schedule_validates_go_options(args, message, code):
+    # one exit code per row (the README's table): every one of these is a usage error, none a profile error
     assert rs("add", "studio", "--url", "rtmp://127.0.0.1:1935/live", "--key", "abc").returncode == 0
     r = rs("schedule", "add", "0 19 * * 1", "--print", *args)
-    assert r.returncode in (2, 3) and message in r.stderr, r.stderr
+    assert r.returncode == code and message in r.stderr, (r.returncode, r.stderr)
     assert r.stdout == ""
 
 
