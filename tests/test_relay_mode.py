@@ -10,21 +10,20 @@ Cheap on two cores: the publisher sends 320x180 at 15 fps for a few seconds. Eve
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import stat
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from support import FFMPEG, Receiver, _listening_ports, descendants, free_port, probe, wait_for, wait_listening
+import support
+from support import (FFMPEG, Receiver, Restream, _listening_ports, bound, free_port, near, probe, receivers_done,
+                     timing, wait_for, wait_listening)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,62 +36,15 @@ GONE = "publisher gone: waiting for the next one"
 
 # -- harness -------------------------------------------------------------------------------------------------------
 
-def _cmdline(pid: int) -> bytes | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-
-
-class Relay:
-    """One ``python -m restream relay --listen rtmp://127.0.0.1:PORT/live[/KEY] --json …`` child. Reads stdout
-    (JSON lines) and stderr in threads and samples its descendants' command lines every 50 ms."""
+class Relay(Restream):
+    """One ``python -m restream relay --listen rtmp://127.0.0.1:PORT/live[/KEY] --json …`` child (support.Restream:
+    stdout parsed as JSON lines, descendants' command lines sampled every 50 ms)."""
 
     def __init__(self, port: int, key: str | None, args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  app: str = "live") -> None:
         self.port = port
         listen = f"rtmp://127.0.0.1:{port}/{app}" + (f"/{key}" if key is not None else "")
-        self.args = ["--listen", listen, "--json", *args]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "restream", "relay", *self.args], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env={**os.environ, **(env or {})})
-        self.out_lines: list[str] = []
-        self.err_lines: list[str] = []
-        self.events: list[dict] = []
-        self.not_json: list[str] = []
-        self.children: dict[int, list[bytes]] = {}
-        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out_lines, True), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err_lines, False), daemon=True),
-                         threading.Thread(target=self._sample, daemon=True)]
-        for t in self._threads:
-            t.start()
-
-    def _read(self, stream, lines: list[str], parse: bool) -> None:
-        for raw in stream:
-            line = raw.decode("utf-8", "replace")
-            lines.append(line)
-            if parse:
-                try:
-                    self.events.append(json.loads(line))
-                except ValueError:
-                    self.not_json.append(line)
-
-    def _sample(self) -> None:
-        while self.proc.poll() is None:
-            for pid in descendants(self.proc.pid):
-                argv = _cmdline(pid)  # re-read: between fork and exec a child shows python's argv
-                if argv and argv not in self.children.setdefault(pid, []):
-                    self.children[pid].append(argv)
-            time.sleep(0.05)
-
-    # -- what happened ---------------------------------------------------------------------------------------------
-    @property
-    def stdout(self) -> str:
-        return "".join(self.out_lines)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.err_lines)
+        super().__init__("relay", ["--listen", listen, "--json", *args], env)
 
     def ready(self) -> "Relay":
         """The gate listens (read from /proc) and ffmpeg has started (the ``start`` event)."""
@@ -102,30 +54,14 @@ class Relay:
 
     def ffmpegs(self) -> list[int]:
         """PIDs of the broadcasting ffmpeg processes seen (argv with ``-f tee``), in the order they were seen."""
-        return [pid for pid, argvs in list(self.children.items()) if any(b"\0tee\0" in a for a in argvs)]
+        return self.tee_ffmpegs()
 
     def argv_of(self, pid: int) -> list[str]:
         argv = next(a for a in reversed(self.children[pid]) if b"\0tee\0" in a)
         return argv.decode("utf-8", "replace").rstrip("\0").split("\0")
 
-    def logs(self, level: str | None = None) -> list[dict]:
-        return [e for e in self.events if e.get("event") == "log" and (level is None or e["level"] == level)]
-
-    def states(self, name: str, state: str | None = None) -> list[dict]:
-        return [e for e in self.events if e.get("event") == "state" and e["destination"] == name
-                and (state is None or e["state"] == state)]
-
     def wait_event(self, match, what: str, timeout: float = READY_TIMEOUT, count: int = 1) -> list[dict]:
-        def find():
-            found = [e for e in list(self.events) if match(e)]
-            if len(found) >= count:
-                return found
-            if self.proc.poll() is not None and not self._threads[0].is_alive():
-                raise AssertionError(f"restream exited ({self.proc.returncode}) before {what}:\n"
-                                     f"{self.stdout[-4000:]}\n{self.stderr[-2000:]}")
-            return None
-
-        return wait_for(find, timeout, what=f"{what} (events so far: {self.summary()})")
+        return super().wait_event(match, what, timeout, count)
 
     def wait_log(self, text: str, count: int = 1, timeout: float = READY_TIMEOUT, level: str | None = None):
         return self.wait_event(lambda e: e.get("event") == "log" and text in e["message"]
@@ -144,17 +80,6 @@ class Relay:
         # (count+1)-th has started (a snapshot taken now could already hold it: that raced)
         wait_for(lambda: len(self.ffmpegs()) > count, timeout, what=f"a new ffmpeg after session {count}")
 
-    def summary(self) -> list:
-        return [(e["event"], e.get("destination") or e.get("message") or e.get("reason")) for e in self.events
-                if e.get("event") != "progress"][-30:]
-
-    def wait(self, timeout: float) -> int:
-        rc = self.proc.wait(timeout)
-        for t in self._threads:
-            t.join(5)
-        assert not self.not_json, f"--json printed lines that are not JSON: {self.not_json}"
-        return rc
-
     def interrupt(self, timeout: float = 20.0) -> int:
         os.kill(self.proc.pid, signal.SIGINT)
         return self.wait(timeout)
@@ -162,21 +87,6 @@ class Relay:
     def end(self) -> dict:
         assert self.events and self.events[-1]["event"] == "end", self.summary()
         return self.events[-1]
-
-    def kill(self) -> None:
-        """Teardown: SIGKILL the ffmpeg processes it started (own sessions) and restream, by PID."""
-        for pid in [*descendants(self.proc.pid), *self.ffmpegs()]:
-            if _cmdline(pid) is not None:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(10)
 
 
 class Publisher:
@@ -206,32 +116,13 @@ class Publisher:
             self.proc.wait()
 
 
-class Procs:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.things: list = []
-
-    def receiver(self, name: str, key: str, port: int | None = None) -> Receiver:
-        port = port or free_port()
-        n = sum(1 for t in self.things if isinstance(t, Receiver) and t.out.stem.startswith(name))
-        r = Receiver(port, self.tmp / f"{name}{'-' + str(n) if n else ''}.flv", key=key)
-        self.things.append(r)
-        return r.start()
-
+class Procs(support.Procs):
     def relay(self, key: str | None = INGEST_KEY, *args: str, port: int | None = None, **kw) -> Relay:
-        r = Relay(port or free_port(), key, args, **kw)
-        self.things.append(r)
-        return r.ready()
+        return self.track(Relay(port or free_port(), key, args, **kw)).ready()
 
     def publish(self, port: int, key: str, seconds: float = 3, **kw) -> Publisher:
         n = sum(1 for t in self.things if isinstance(t, Publisher))
-        p = Publisher(port, key, seconds, self.tmp / f"publisher-{n}.log", **kw)
-        self.things.append(p)
-        return p
-
-    def close(self) -> None:
-        for t in reversed(self.things):
-            t.kill()
+        return self.track(Publisher(port, key, seconds, self.tmp / f"publisher-{n}.log", **kw))
 
 
 @pytest.fixture
@@ -239,17 +130,6 @@ def procs(tmp_path: Path):
     p = Procs(tmp_path)
     yield p
     p.close()
-
-
-@pytest.fixture
-def add(cli):
-    """``add(name, url, key)``: ``restream add NAME --url URL --key-stdin`` with the key on stdin."""
-
-    def do(name: str, url: str, key: str) -> None:
-        code, out, err = cli("add", name, "--url", url, "--key-stdin", input=key + "\n")
-        assert code == 0, err
-
-    return do
 
 
 def receivers(procs: Procs, add, n: int) -> list[Receiver]:
@@ -261,22 +141,13 @@ def receivers(procs: Procs, add, n: int) -> list[Receiver]:
     return recs
 
 
-def receivers_done(*recs: Receiver, timeout: float = 10.0) -> None:
-    """A receiver's ffmpeg exits when its publisher (restream's relay slot) goes away: the file is then complete."""
-    for r in recs:
-        try:
-            r.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            r.stop()
-
-
 def assert_delivered(path: Path, seconds: float | None, within: float = 1.0, video: str = "h264", what: str = ""):
     assert path.exists(), f"{path.name}: nothing recorded {what}"
     m = probe(path)
     assert m.decodes, f"{path.name} does not decode: {m.errors}"
     assert (m.video_codec, m.audio_codec) == (video, "aac"), m
     if seconds is not None:
-        assert abs(m.duration - seconds) <= within, f"{path.name}: {m.duration:.2f} s received, {seconds} s sent"
+        near(m.duration, seconds, within, f"{path.name}: media received {what}")
     return m
 
 
@@ -285,12 +156,35 @@ def published_ok(pub: Publisher, timeout: float = 30.0) -> None:
     assert rc == 0, f"the publisher failed ({rc}):\n{pub.log_text()[-1500:]}"
 
 
+def assert_no_key_in_cmdlines(relay: Relay, *keys: str) -> int:
+    """No key (nor its URL-encoded or tee-escaped spelling) in the command line of any process the relay started;
+    returns how many argvs were checked."""
+    from urllib.parse import quote
+
+    from restream.redact import backslash_escape
+
+    checked = 0
+    for pid, argvs in list(relay.children.items()):
+        for argv in argvs:
+            text = argv.decode("utf-8", "replace")
+            checked += 1
+            for key in keys:
+                for form in {key, quote(key, safe=""), backslash_escape(key)}:
+                    assert form not in text, f"a key ({len(key)} chars) is in the command line of PID {pid}"
+    return checked
+
+
 # -- 1. five receivers, copied -----------------------------------------------------------------------------------
 
+@timing
 @pytest.mark.timeout(120)
 def test_publisher_to_five_receivers_copied_not_reencoded(procs, add):
     recs = receivers(procs, add, 5)
     relay = procs.relay()
+    # mutation caught: RTMP destinations sent direct from ffmpeg (run.Target.via_relay False): keys in its argv
+    wait_for(relay.ffmpegs, 10, what="the broadcasting ffmpeg in the process list")
+    keys = (INGEST_KEY, *(f"dest-key-{i}" for i in range(5)))
+    assert_no_key_in_cmdlines(relay, *keys)
     pub = procs.publish(relay.port, INGEST_KEY, seconds=5)
     relay.wait_live([f"d{i}" for i in range(5)], timeout=30)
     published_ok(pub)
@@ -321,10 +215,12 @@ def test_publisher_to_five_receivers_copied_not_reencoded(procs, add):
     end = relay.end()
     assert end["exit_code"] == 130 and end["reason"] == "interrupted"
     assert INGEST_KEY not in relay.stdout + relay.stderr
+    assert assert_no_key_in_cmdlines(relay, *keys) >= 2  # every session's ffmpeg, sampled while it ran
 
 
 # -- 2. the ingest key and app are enforced ------------------------------------------------------------------------
 
+@timing
 @pytest.mark.timeout(120)
 def test_wrong_key_or_app_is_rejected_and_never_reaches_destinations(procs, add):
     recs = receivers(procs, add, 2)
@@ -361,6 +257,7 @@ def test_wrong_key_or_app_is_rejected_and_never_reaches_destinations(procs, add)
 
 # -- 3. a second publisher session -----------------------------------------------------------------------------------
 
+@timing
 @pytest.mark.timeout(120)
 def test_second_session_reaches_restarted_receivers_without_restarting_restream(procs, add):
     first = receivers(procs, add, 2)
@@ -392,6 +289,7 @@ def test_second_session_reaches_restarted_receivers_without_restarting_restream(
 
 
 @pytest.mark.interop
+@timing
 @pytest.mark.timeout(120)
 def test_second_session_reaches_nginx_without_restarting_restream(procs, add, tmp_path):
     from nginx import NginxRtmp, require_nginx
@@ -424,6 +322,7 @@ def test_second_session_reaches_nginx_without_restarting_restream(procs, add, tm
 
 # -- 4. --once and Ctrl-C ------------------------------------------------------------------------------------------
 
+@timing
 @pytest.mark.timeout(90)
 def test_once_ends_after_the_first_publisher_with_exit_0(procs, add):
     recs = receivers(procs, add, 2)
@@ -442,14 +341,15 @@ def test_once_ends_after_the_first_publisher_with_exit_0(procs, add):
         assert_delivered(r.out, 3.0)
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_sigint_while_waiting_for_a_publisher_exits_130(procs, add):
     add("d0", f"rtmp://127.0.0.1:{free_port()}/live", "dest-key-0")
     relay = procs.relay()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the state under test: idle, waiting (no condition marks "still nothing happened")
     started = time.monotonic()
     assert relay.interrupt(30) == 130
-    assert time.monotonic() - started < 15
+    bound(time.monotonic() - started, 5.0, "from Ctrl-C to relay's exit")  # the README: Ctrl-C ends within 5 s
     end = relay.end()
     assert end["exit_code"] == 130 and end["reason"] == "interrupted"
     assert relay.port not in _listening_ports(), "the gate still listens after restream ended"
@@ -468,8 +368,27 @@ def test_non_loopback_listen_needs_public(cli, host):
     assert port not in _listening_ports()
 
 
+# -- 5b. one broadcast per profile ---------------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_relay_on_a_profile_another_broadcast_holds_exits_6(cli):
+    # mutation caught: exit_code_for(BusyError) != 6, or relay not taking the profile's broadcast lock
+    from restream import runtime
+
+    assert cli("add", "d0", "--url", f"rtmp://127.0.0.1:{free_port()}/live", "--key", "dest-key-0")[0] == 0
+    port = free_port()
+    with runtime.broadcast_lock("default", "go"):  # held by this process, as a running `go` would
+        code, out, err = cli("relay", "--listen", f"rtmp://127.0.0.1:{port}/live/{INGEST_KEY}", "--json",
+                             subprocess=True, timeout=30)
+    assert code == 6, (code, out, err)
+    last = err.strip().splitlines()[-1]  # (the banner before it is issue 11's: printed before the lock is taken)
+    assert last.startswith("restream: error: ") and f"PID {os.getpid()}" in last, err
+    assert port not in _listening_ports()
+
+
 # -- 6. one publisher at a time ------------------------------------------------------------------------------------
 
+@timing
 @pytest.mark.timeout(90)
 def test_second_publisher_while_one_is_live_is_rejected(procs, add):
     recs = receivers(procs, add, 2)
@@ -496,6 +415,7 @@ def test_second_publisher_while_one_is_live_is_rejected(procs, add):
 FLV1 = ("-c:v", "flv", "-q:v", "5")  # Sorenson Spark (FLV's own H.263): FLV carries it, no platform takes it
 
 
+@timing
 @pytest.mark.timeout(90)
 def test_non_h264_publisher_is_named_and_transcode_fixes_it(procs, add):
     recs = receivers(procs, add, 1)
@@ -521,6 +441,7 @@ def test_non_h264_publisher_is_named_and_transcode_fixes_it(procs, add):
 
 # -- 8. the generated ingest key -----------------------------------------------------------------------------------
 
+@timing
 @pytest.mark.timeout(90)
 def test_generated_ingest_key_shown_once_kept_0600_and_reused(procs, add, config_dir, monkeypatch):
     monkeypatch.delenv("RESTREAM_INGEST_KEY", raising=False)
