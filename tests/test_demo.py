@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from support import near, timing
+
 pytestmark = pytest.mark.e2e
 
 
@@ -23,6 +25,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+@timing
 @pytest.mark.timeout(120)
 def test_demo_passes_and_touches_no_config(cli, config_dir: Path, tmp_path: Path):
     home, tmp = tmp_path / "home", tmp_path / "tmp"
@@ -36,7 +39,8 @@ def test_demo_passes_and_touches_no_config(cli, config_dir: Path, tmp_path: Path
     assert code == 0, f"{out}\n{err}"
     passes = re.findall(r"^  PASS  (youtube|twitch|kick) +(\d+\.\d) s", out, re.M)
     assert [p[0] for p in passes] == ["youtube", "twitch", "kick"], out
-    assert all(float(seconds) >= 3.0 for _, seconds in passes), passes
+    for name, seconds in passes:  # what each receiver got, of the 6 s asked
+        near(float(seconds), 6.0, 1.0, f"the demo's {name} receiver")
     assert "FAIL" not in out
     assert re.search(r"^verdict: all three received a decodable stream", out, re.M), out
     assert "one encode" in err, "the intro says what is about to happen"

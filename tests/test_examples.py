@@ -121,6 +121,8 @@ def _path_without_jq(tmp_path: Path) -> str:
 def test_events_script_alerts_and_exits_with_the_broadcast_code(with_jq, tmp_path):
     env = {"PATH": os.environ["PATH"] if with_jq else _path_without_jq(tmp_path)}
     if with_jq and not shutil.which("jq"):
+        if os.environ.get("RESTREAM_REQUIRE_INTEROP") == "1":  # CI (.ci/run) installs jq: this branch must run
+            pytest.fail("jq is not installed, and CI requires it (.ci/run)")
         pytest.skip("jq is not installed")
     script = str(EXAMPLES / "on-events.sh")
     res = subprocess.run(["bash", script], input=EVENTS, capture_output=True, text=True, env=env, timeout=30)

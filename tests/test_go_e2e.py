@@ -26,7 +26,8 @@ LIVE_TIMEOUT = 15.0  # from `go` starting to every receiver live (python start, 
 
 # -- harness (the go child, Procs and the fixtures live in support.py and conftest.py) -------------------------------
 
-_ts = event_ts  # for the modules that import it from here
+_ts = event_ts  # for the modules that import these names from here
+__all__ = ["CHEAP", "Go", "Procs", "_ts", "assert_delivered", "receivers_done"]
 
 
 def assert_delivered(r: Receiver, duration: float | None = None, within: float = 1.0):

@@ -187,10 +187,14 @@ def test_arbitrary_entries_give_profile_errors_only(item):
 @FUZZ
 @given(st.text(max_size=200))
 def test_arbitrary_text_gives_profile_errors_only(text):
+    # mutation caught: parse letting a TOMLDecodeError/KeyError/TypeError escape, or a message without the file
     try:
-        prof.parse(text, "f.toml")
-    except ProfileError:
-        pass
+        p = prof.parse(text, "f.toml")  # the destinations
+    except ProfileError as exc:
+        assert str(exc).startswith("f.toml"), exc  # names the file
+        assert "\n" not in str(exc)
+    else:
+        assert isinstance(p, tuple) and all(isinstance(d, prof.Destination) for d in p)
 
 
 @pytest.mark.parametrize("text, message", [

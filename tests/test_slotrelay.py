@@ -19,7 +19,7 @@ import pytest
 from conftest import CANARY_KEY
 from restream import rtmp
 from restream.slotrelay import SlotEvent, SlotRelay, Upstream
-from support import FFMPEG, Receiver, free_port, probe, wait_for
+from support import FFMPEG, Receiver, bound, free_port, probe, timing, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -86,8 +86,18 @@ class RelayThread:
             self.relay.assign(slot, upstream)
         self.run(go())
 
-    def kinds(self, slot: int = 0) -> list[str]:
-        return [e.kind for e in self.events if e.slot == slot]
+    def kinds(self, slot: int = 0, after: int = 0) -> list[str]:
+        """The kinds of ``slot``'s events, from the ``after``-th event (of any slot) on."""
+        return [e.kind for e in self.events[after:] if e.slot == slot]
+
+    def bytes_up(self, slot: int = 0) -> int:
+        return self.relay.stats()[slot].bytes_up
+
+    def wait_bytes(self, more: int, slot: int = 0, timeout: float = 10.0) -> int:
+        """Block until ``slot`` has sent ``more`` bytes beyond what it had sent when called (media flows)."""
+        start = self.bytes_up(slot)
+        wait_for(lambda: self.bytes_up(slot) >= start + more, timeout, what=f"{more} more bytes sent on slot {slot}")
+        return self.bytes_up(slot)
 
     def wait_event(self, kind: str, slot: int = 0, after: int = 0, timeout: float = 10.0) -> SlotEvent:
         def find():
@@ -345,6 +355,7 @@ def test_upstream_connection_refused(relay):
     no_key_in_events(relay, key)
 
 
+@timing
 @pytest.mark.timeout(90)
 def test_unassign_closes_at_once_and_reassign_reconnects_through_fifo(relay, receivers):
     rx_a = receivers("key-a", "a")
@@ -352,27 +363,29 @@ def test_unassign_closes_at_once_and_reassign_reconnects_through_fifo(relay, rec
     pub = publish(relay.relay.slave_url(0), seconds=0, tee=True, stdin=True)
     try:
         relay.wait_event("live", timeout=15)
-        time.sleep(1.5)
+        relay.wait_bytes(20_000)  # media flows to a
         n = len(relay.events)
         t0 = time.monotonic()
         relay.assign(0, None)
         e = relay.wait_event("disconnected", after=n, timeout=1.0)
-        assert time.monotonic() - t0 < 1.0 and e.error is None and e.name == "a"
+        bound(time.monotonic() - t0, 1.0, "unassign to disconnected")
+        assert e.error is None and e.name == "a"
         assert not relay.relay.stats()[0].connected
         assert rx_a.proc.wait(10) is not None  # the receiver saw the publisher go
-        time.sleep(1.5)  # ffmpeg's fifo retries meanwhile and is refused
-        assert "refused" in relay.kinds(0)
+        e = relay.wait_event("refused", after=n, timeout=5.0)  # ffmpeg's fifo retries meanwhile and is refused
+        assert e.name is None and e.error == "slot not assigned", e
 
         # assign a new destination: the fifo reconnects and media flows within 3 s
         rx_b = receivers("key-b", "b")
         n = len(relay.events)
+        before = relay.bytes_up()  # bytes_up counts every session: a's bytes are in it
         t0 = time.monotonic()
         relay.assign(0, Upstream("b", rx_b.url, "key-b"))
         relay.wait_event("live", after=n, timeout=3.0)
-        wait_for(lambda: relay.relay.stats()[0].bytes_up > 20_000, 3.0 - (time.monotonic() - t0),
+        wait_for(lambda: relay.bytes_up() > before + 20_000, 3.0 - (time.monotonic() - t0),
                  what="media bytes sent to receiver b")
         wait_for(rx_b.connected, 10, what="receiver b reading the stream")
-        time.sleep(2)
+        relay.wait_bytes(60_000)  # more media (~1.5 s at this rate) reaches b before the next change
 
         # a changed upstream (no unassign in between) closes the session and reconnects to the new one
         rx_c = receivers("key-c", "c")
@@ -381,7 +394,7 @@ def test_unassign_closes_at_once_and_reassign_reconnects_through_fifo(relay, rec
         relay.wait_event("disconnected", after=n, timeout=1.0)
         relay.wait_event("live", after=n, timeout=3.0)
         assert relay.relay.stats()[0].live and relay.relay.stats()[0].name == "c"
-        time.sleep(2)
+        relay.wait_bytes(60_000)  # media reaches c
         pub.stdin.write(b"q")
         pub.stdin.flush()
         assert pub.wait(10) == 0
@@ -426,8 +439,9 @@ def test_rtmps_upstream_verified_with_ca_file(relay, receivers, monkeypatch):
     e = relay.wait_event("disconnected", after=n)
     assert "certificate verify failed" in e.error.lower()
     assert key not in e.error and "\n" not in e.error
-    assert relay.kinds(0)[n:] == ["connecting", "disconnected"] or relay.kinds(0)[-2:] == [
-        "connecting", "disconnected"]
+    # exactly one refused session, nothing else (no "live"): a weaker check on the last two events let a "live"
+    # before them pass
+    assert relay.kinds(0, after=n) == ["connecting", "disconnected"], relay.events[n:]
 
 
 @pytest.mark.timeout(30)
@@ -448,6 +462,7 @@ def test_rtmps_honours_ssl_cert_file(relay, monkeypatch):
     assert [v[3] for v in server.commands()["publish"]] == ["k"]
 
 
+@timing
 @pytest.mark.timeout(30)
 def test_destination_rejects_publish_error_is_redacted(relay):
     key = "bad key & more"
@@ -460,7 +475,7 @@ def test_destination_rejects_publish_error_is_redacted(relay):
         assert pub.wait(20) != 0  # the relay closed ffmpeg's side when the destination hung up
     finally:
         stop(pub)
-    assert time.monotonic() - t0 < 5
+    bound(time.monotonic() - t0, 5.0, "the publisher cut off after the destination refused")
     e = relay.wait_event("disconnected")
     assert e.error == "destination refused: NetStream.Publish.BadName: •••• is not a valid key"
     assert relay.kinds(0) == ["connecting", "disconnected"]

@@ -378,7 +378,11 @@ def test_log_file_appends_everything_with_mode_0600(tmp_path):
     lf2 = view.LogFile(path)
     drive(lf2, transcript()[:3])
     assert path.read_text().splitlines()[:first] == lines  # appended, not truncated
-    lf2.close(_final(transcript()[:3]))  # idempotent
+    closed = path.read_text()
+    assert closed.splitlines()[-1].split(" ", 1)[1].startswith("end: "), closed  # the first close wrote the end
+    # mutation caught: LogFile.close writing the summary again (or raising) when called a second time
+    lf2.close(_final(transcript()[:3]))  # idempotent: nothing more written, no error
+    assert path.read_text() == closed and lf2.file.closed
 
 
 def test_log_file_keeps_mode_of_an_existing_file(tmp_path):
