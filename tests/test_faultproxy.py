@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import FaultProxy
-from support import FFMPEG, Receiver, _listening_ports, free_port, probe, wait_for
+from support import FFMPEG, Receiver, TimingError, _listening_ports, free_port, probe, timing, wait_for
 
 pytestmark = [pytest.mark.e2e]
 
@@ -57,6 +57,7 @@ def peers(tmp_path: Path):
         rx.stop()
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_passthrough_file_decodes(peers):
     rx = peers.receiver()
@@ -73,6 +74,7 @@ def test_passthrough_file_decodes(peers):
     wait_for(lambda: px.connections == 0, 5, what="connection closed")
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_pause_stalls_bytes_and_resume_continues(peers):
     rx = peers.receiver()
@@ -96,6 +98,7 @@ def test_pause_stalls_bytes_and_resume_continues(peers):
     assert media.duration >= 5.0
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_cut_ends_the_connection_and_keeps_listening(peers):
     rx = peers.receiver()
@@ -111,6 +114,7 @@ def test_cut_ends_the_connection_and_keeps_listening(peers):
     assert px.port in _listening_ports()
 
 
+@timing
 @pytest.mark.timeout(30)
 def test_down_refuses_but_keeps_the_port_and_up_accepts_again():
     target = socket.socket()
@@ -142,6 +146,7 @@ def test_down_refuses_but_keeps_the_port_and_up_accepts_again():
         target.close()
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_throttle_limits_the_rate(peers):
     rx = peers.receiver()
@@ -154,7 +159,9 @@ def test_throttle_limits_the_rate(peers):
     b0, t0 = px.bytes_forwarded, time.monotonic()
     time.sleep(4.0)
     rate = (px.bytes_forwarded - b0) / (time.monotonic() - t0)
-    assert limit * 0.7 <= rate <= limit * 1.3, rate
+    assert rate <= limit * 1.3, f"{rate:.0f} B/s through a {limit} B/s throttle"
+    if rate < limit * 0.7:  # the publisher could not keep up: the machine, not the proxy
+        raise TimingError(f"{rate:.0f} B/s through a {limit} B/s throttle: under 70 %")
     # lifting the throttle lets the backlog through at full speed
     px.throttle(None)
     b1 = px.bytes_forwarded

@@ -18,7 +18,7 @@ import pexpect
 import pyte
 import pytest
 
-from support import Receiver, descendants, free_port
+from support import Receiver, TimingError, descendants, free_port, timing
 
 pytestmark = pytest.mark.e2e
 
@@ -71,10 +71,10 @@ class Term:
             value = predicate(self)
             if value:
                 return value
-            if time.monotonic() > deadline or (self.eof and not predicate(self)):
-                status = "exited" if self.eof else "still running"
-                raise AssertionError(f"timed out after {timeout} s waiting for {what} (restream {status}); "
-                                     f"screen:\n{self.dump()}")
+            if self.eof and not predicate(self):
+                raise AssertionError(f"restream exited before {what}; screen:\n{self.dump()}")
+            if time.monotonic() > deadline:  # still running: a missed deadline (TimeoutError, may be rerun)
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}; screen:\n{self.dump()}")
 
     def table(self, names=NAMES) -> dict[str, dict[str, str]]:
         """The last table on screen (a header line over a ``───`` rule): name -> {header: cell}.
@@ -188,6 +188,7 @@ def all_live(t: Term) -> bool:
     return all(state == "live" for state in t.states().values())
 
 
+@timing
 @pytest.mark.timeout(90)
 def test_rows_follow_a_receiver_that_dies_and_returns(setup):
     t = setup.start(cols=100, seconds=25, color=True)
@@ -199,7 +200,8 @@ def test_rows_follow_a_receiver_that_dies_and_returns(setup):
     window_start = time.monotonic()
     t.wait(lambda t: time.monotonic() - window_start >= 2.0, 5, "a 2 s window")
     redraws = sum(data.count(b"elapsed") for at, data in t.raw if at >= window_start)
-    assert redraws >= 4, f"{redraws} redraws in 2 s"
+    if redraws < 4:  # the view redraws every 0.25 s: a busy machine may starve it, nothing else
+        raise TimingError(f"{redraws} redraws in 2 s, at least 4 expected")
     # states are coloured (NO_COLOR unset)
     assert t.cell_style("alpha", "live").fg == "green", t.cell_style("alpha", "live")
 
@@ -233,6 +235,7 @@ def test_rows_follow_a_receiver_that_dies_and_returns(setup):
     assert not re.search(r"^elapsed \d", screen, re.M), "the live table is gone, only the summary remains"
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_80_columns_keep_every_row_and_state(setup):
     t = setup.start(cols=80, seconds=10, color=False)

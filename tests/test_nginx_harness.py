@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nginx import CERT, NginxRtmp, require_nginx
-from support import FFMPEG, _listening_ports, probe, wait_for
+from support import FFMPEG, _listening_ports, probe, timing, wait_for
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
@@ -56,6 +56,7 @@ def publish(tmp_path: Path):
             proc.wait()
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_right_key_is_recorded_and_seen_exactly(ngx, publish):
     pub = publish(ngx.rtmp_url("a1") + "/" + KEY1, 4, wait=False)
@@ -75,6 +76,7 @@ def test_right_key_is_recorded_and_seen_exactly(ngx, publish):
     assert media.duration >= 3.0
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_wrong_key_is_rejected_without_recording(ngx, publish):
     pub = publish(ngx.rtmp_url("a1") + "/wrong-key", 2)
@@ -85,6 +87,7 @@ def test_wrong_key_is_rejected_without_recording(ngx, publish):
     assert ngx.recordings("a1") == []
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_rtmps_through_the_tls_front_with_verification(ngx, publish):
     assert ngx.rtmps_url("a1").startswith("rtmps://localhost:")
@@ -101,6 +104,7 @@ def test_rtmps_through_the_tls_front_with_verification(ngx, publish):
     assert len(ngx.attempts("a1")) == 1
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_special_key_arrives_exact(ngx, publish):
     """Direct push with the key in ``-rtmp_playpath`` (a URL cannot carry spaces: FFMPEG_NOTES)."""
@@ -124,6 +128,7 @@ def test_special_key_arrives_exact(ngx, publish):
         assert probe(rec).decodes
 
 
+@timing
 @pytest.mark.timeout(60)
 def test_restart_gives_a_new_process_on_the_same_ports(ngx, publish):
     ports = (ngx.rtmp_port, ngx.http_port, ngx.tls_port)

@@ -514,6 +514,7 @@ def receiver(tmp_path):
 
 
 @pytest.mark.e2e
+@support.timing
 @pytest.mark.timeout(90)
 def test_second_go_on_a_busy_profile_exits_6_at_once(receiver, config_dir):
     recv = receiver()
@@ -525,7 +526,7 @@ def test_second_go_on_a_busy_profile_exits_6_at_once(receiver, config_dir):
         second = rs("go", *SMALL, timeout=10)
         took = time.monotonic() - t0
         assert second.returncode == 6, second.stderr
-        assert took < 1.0, f"the second go took {took:.2f}s to refuse"
+        support.bound(took, 1.0, "the second go refusing")
         assert f"PID {first.pid}" in second.stderr and "started 20" in second.stderr
         assert second.stderr.count("\n") == 1
         assert first.poll() is None  # the first one is undisturbed
@@ -538,6 +539,7 @@ def test_second_go_on_a_busy_profile_exits_6_at_once(receiver, config_dir):
 
 
 @pytest.mark.e2e
+@support.timing
 @pytest.mark.timeout(120)
 def test_a_kill_9ed_go_leaves_no_blocking_lock(receiver, tmp_path):
     recv = receiver("one")
@@ -557,12 +559,13 @@ def test_a_kill_9ed_go_leaves_no_blocking_lock(receiver, tmp_path):
     t0 = time.monotonic()
     second = rs("go", *SMALL, "--duration", "3s", timeout=60)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert time.monotonic() - t0 < 30
+    support.bound(time.monotonic() - t0, 3.0 + 5.0, "a 3 s broadcast after a kill -9ed one, start to exit")
     recv2.stop()
-    assert support.probe(recv2.out).duration >= 2.0
+    support.near(support.probe(recv2.out).duration, 3.0, 1.0, "media received of a 3 s broadcast")
 
 
 @pytest.mark.e2e
+@support.timing
 @pytest.mark.timeout(120)
 def test_scheduled_line_runs_under_cron_environment(receiver, config_dir, tmp_path):
     recv = receiver()
@@ -579,7 +582,8 @@ def test_scheduled_line_runs_under_cron_environment(receiver, config_dir, tmp_pa
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     recv.stop()
     media = support.probe(recv.out)
-    assert media.decodes and media.duration >= 3.0 and media.video_codec == "h264"
+    assert media.decodes and media.video_codec == "h264"
+    support.near(media.duration, 4.0, 1.0, "media received of a 4 s scheduled broadcast")
     log = config_dir / "logs" / "e2e.log"
     assert log.is_file() and log.stat().st_size > 0
     text = log.read_text()
