@@ -23,7 +23,7 @@ import pytest
 
 from restream import platforms
 from support import FFMPEG, make_clip, near, probe, timing
-from test_go_e2e import CHEAP, Procs, receivers_done
+from test_go_e2e import CHEAP, receivers_done
 
 pytestmark = pytest.mark.e2e
 
@@ -88,13 +88,6 @@ def video_windows(video: list[Packet], window: float = WINDOW_S, step: float = 1
 
 def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times, times[1:])]
-
-
-@pytest.fixture
-def procs(tmp_path: Path):
-    p = Procs(tmp_path)
-    yield p
-    p.close()
 
 
 @timing

@@ -18,7 +18,7 @@ import pytest
 
 from nginx import CERT, NginxRtmp, require_nginx
 from support import near, probe, timing, wait_for
-from test_go_e2e import CHEAP, Procs, _ts
+from test_go_e2e import CHEAP, _ts
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
 
@@ -34,13 +34,6 @@ def ngx(tmp_path: Path):
     server = NginxRtmp(tmp_path, apps=APPS, expected_keys=KEYS, tls=True).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def procs(tmp_path: Path):
-    p = Procs(tmp_path)
-    yield p
-    p.close()
 
 
 def _add(cli, ngx: NginxRtmp, app: str, key: str) -> None:
