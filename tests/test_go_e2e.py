@@ -386,6 +386,8 @@ def test_ffmpeg_dies_within_a_second_of_kill_9_of_restream(procs, add):
     killed = time.monotonic()
     try:
         wait_for(lambda: _gone(ffmpeg), 5, interval=0.01, what=f"ffmpeg {ffmpeg} to die with restream")
+    except TimeoutError:  # not a matter of time: it outlived restream (final, never rerun)
+        raise AssertionError(f"ffmpeg {ffmpeg} still runs 5 s after restream was killed") from None
     finally:
         if not _gone(ffmpeg):
             os.kill(ffmpeg, signal.SIGKILL)  # teardown by PID: never leave it behind
