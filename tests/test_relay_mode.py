@@ -47,9 +47,11 @@ class Relay(Restream):
         super().__init__("relay", ["--listen", listen, "--json", *args], env)
 
     def ready(self) -> "Relay":
-        """The gate listens (read from /proc) and ffmpeg has started (the ``start`` event)."""
+        """The gate listens (read from /proc), ffmpeg has started (the ``start`` event) and the banner with the
+        ingest URL and key is on stderr (printed once the port is bound: it may come after the start event)."""
         wait_listening(self.port, READY_TIMEOUT, proc=self.proc)
         self.wait_event(lambda e: e.get("event") == "start", "the start event")
+        wait_for(lambda: "restream relay: publish to" in self.stderr, READY_TIMEOUT, what="the relay's banner")
         return self
 
     def ffmpegs(self) -> list[int]:
