@@ -332,6 +332,10 @@ class Restream:
         for t in self._threads:
             t.start()
 
+    def argv(self) -> bytes:
+        """restream's own command line as /proc shows it (NUL-terminated arguments)."""
+        return b"".join(a.encode() + b"\0" for a in self.proc.args)
+
     def _read(self, stream, lines: list[str], parse: bool) -> None:
         for raw in stream:
             line = raw.decode("utf-8", "replace")

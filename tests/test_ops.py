@@ -389,12 +389,12 @@ def test_cli_schedule_invalid_expression_is_usage_error():
     (["--", "go", "-"], "standard input", 2),
     (["--", "go", "--test-pattern", "--no-such-option"], "no-such-option", 2),
     (["--", "go", "--test-pattern", "--duration", "soon"], "duration", 2),
-    (["--", "go", "--test-pattern", "--only", "ghost"], "no destination named 'ghost'", 2),  # as `go --only` says
+    (["--", "go", "--test-pattern", "--only", "ghost"], "no destination named 'ghost'", 3),  # as `go --only` says
     (["--", "list"], "after '--'", 2),
     (["--name", "bad name", "--", "go", "--test-pattern"], "schedule name", 2),
 ])
 def test_cli_schedule_validates_go_options(args, message, code):
-    # one exit code per row (the README's table): every one of these is a usage error, none a profile error
+    # one exit code per row (the README's table): usage errors, but an unknown destination is a profile error (3)
     assert rs("add", "studio", "--url", "rtmp://127.0.0.1:1935/live", "--key", "abc").returncode == 0
     r = rs("schedule", "add", "0 19 * * 1", "--print", *args)
     assert r.returncode == code and message in r.stderr, (r.returncode, r.stderr)
