@@ -16,30 +16,14 @@ import time
 import pytest
 
 from mute_rtmp import MuteServer
-from support import free_port, probe, wait_for
-from test_go_e2e import CHEAP, Go, Procs, _ts, assert_delivered, receivers_done
+from support import Go, event_ts as _ts, free_port, probe, receivers_done, wait_for
+from test_go_e2e import CHEAP, assert_delivered
 
 pytestmark = pytest.mark.e2e
 
 DURATION = 20.0
 BOUND = 30.0  # the bound: exit within 30 s of the start for a 20 s broadcast
 STALL_REPORTED = 10.0  # a paused destination is reported stalled within this long of the pause
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def add(cli):
-    def do(name: str, url: str, key: str) -> None:
-        code, _, err = cli("add", name, "--url", url, "--key-stdin", input=key + "\n")
-        assert code == 0, err
-
-    return do
 
 
 def _healthy(procs, add, names="ab"):

@@ -10,25 +10,9 @@ import sys
 
 import pytest
 
-from test_relay_mode import GONE, INGEST_KEY, Procs, published_ok, receivers, receivers_done
+from test_relay_mode import GONE, INGEST_KEY, procs, published_ok, receivers, receivers_done  # noqa: F401
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def add(cli):
-    def do(name: str, url: str, key: str) -> None:
-        code, _, err = cli("add", name, "--url", url, "--key-stdin", input=key + "\n")
-        assert code == 0, err
-
-    return do
 
 
 @pytest.mark.timeout(120)
