@@ -671,8 +671,7 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         if ingest:
             from restream.ingest import IngestGate
 
-            b.gate = IngestGate(ingest["host"], ingest["port"], ingest["app"], ingest["key"], ingest["backend"],
-                                b.on_ingest)
+            b.gate = IngestGate(ingest["host"], ingest["port"], ingest["app"], ingest["key"], b.on_ingest)
         sinks = []
         if log_file:
             try:
@@ -875,7 +874,7 @@ def relay_cmd(
     import ipaddress
     from urllib.parse import urlsplit
 
-    from restream import ingest, plan, ports
+    from restream import ingest, plan
     from restream.selection import select
 
     parts = urlsplit(listen)
@@ -920,16 +919,12 @@ def relay_cmd(
         shown = (f"{key}   (new; shown once, kept in {paths.config_dir() / 'ingest'})" if created
                  else f"{prof.mask_key(key)} (kept in {paths.config_dir() / 'ingest' / (p.name + '.key')}; "
                       "delete that file for a new one)")
-    try:
-        backend = ports.free_port()
-    except OSError as exc:
-        raise BroadcastError(str(exc)) from None
     banner = f"restream relay: publish to  server {parts.scheme}://{parts.netloc}/{app}   stream key {shown}"
-    inp = plan.Input("listen", f"rtmp://127.0.0.1:{backend}/{app}/ingest")
+    inp = plan.Input("listen")
     code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
                       duration=None, dry_run=False, show_keys=False, mode=mode, quiet=quiet,
                       status_interval=status_interval, log_file=log_file, command_name="relay", only=only,
-                      skip=skip, ingest={"host": host, "port": port, "app": app, "key": key, "backend": backend,
+                      skip=skip, ingest={"host": host, "port": port, "app": app, "key": key,
                                          "banner": banner},  # printed once the port is bound and the lock held
                       once=once, stall_timeout=stall_timeout)
     raise typer.Exit(code)

@@ -1,29 +1,44 @@
-"""The ingest gate of relay mode: where OBS publishes, with the ingest key enforced.
+"""The ingest gate of relay mode: where OBS publishes, with the ingest key enforced, and the only door to ffmpeg.
 
-ffmpeg's RTMP listener accepts any stream name (it only warns on a mismatch), so restream puts this gate in front of
-it: the publisher connects here; the gate opens a connection to ffmpeg's listener on a private loopback port, passes
-the handshake through, and reads the publisher's commands as they pass. The stream name of ``releaseStream``,
-``FCPublish`` or ``publish`` must be the ingest key and the ``connect`` app the expected app, or the publisher is cut
-off before any media flows (ffmpeg's listener then fails without having opened an output, and restream starts a new
-one: the destinations never see a rejected publisher). Once ``publish`` is verified the gate is a plain byte pipe.
+The gate is a small RTMP server for one publisher at a time. It answers the handshake and the publisher's commands
+itself; the stream name of ``releaseStream``, ``FCPublish`` or ``publish`` must be the ingest key and the
+``connect`` app the expected app, or the publisher is cut off before any media flows. Once ``publish`` is verified,
+the gate takes the waiting ffmpeg's input (``sink``: ffmpeg reads FLV on its stdin, ``-f flv -i pipe:0``) and
+writes the publisher's audio, video and data messages to it as FLV tags. When the publisher leaves, the gate closes
+that input; ffmpeg finishes and restream starts the next one.
 
-One publisher at a time: a second one is refused while the first is live.
+So ffmpeg has no listening socket at all (no door a local process could publish to without the key), and the
+media takes one hop fewer than through a second RTMP connection. A publisher that has not yet shown the key holds
+nothing: several may be checked at once, and the first verified one is live; a second verified one is refused
+while the first is live. A publisher silent for ``READ_TIMEOUT_S`` is cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import secrets
-from collections.abc import Callable
+import struct
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from restream import rtmp
-from restream.ports import listening
 
 _NAMED = ("releaseStream", "FCPublish", "publish")
 _READ = 256 * 1024
+READ_TIMEOUT_S = 10.0  # a publisher silent this long is gone (ffmpeg's -rw_timeout did this before)
+SINK_TIMEOUT_S = 10.0  # ffmpeg restarting after the previous publisher
+MAX_UNVERIFIED = 8  # connections that have not shown the key yet, at once
+WINDOW = 2_500_000  # acknowledgement window announced to the publisher (what ffmpeg's own listener announces)
+CHUNK_SIZE = 4096  # what the gate sends its replies with
+STREAM_ID = 1.0
+
+FLV_HEADER = b"FLV\x01\x05\x00\x00\x00\x09" + b"\x00\x00\x00\x00"  # audio+video flags, then PreviousTagSize0
+_TAG_HEAD = struct.Struct(">BHB")  # type, then the 24-bit size as (high 16 bits, low 8 bits)
+_SET_DATA_FRAME = rtmp.amf0_encode("@setDataFrame")
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,10 @@ class IngestEvent:
     kind: str  # "publishing" (key verified), "rejected", "ended"
     peer: str
     detail: str | None = None
+
+
+class _Reject(Exception):
+    pass
 
 
 def check_command(msg: rtmp.Message, app: str, key: str) -> tuple[bool, str | None, bool]:
@@ -56,13 +75,124 @@ def check_command(msg: rtmp.Message, app: str, key: str) -> tuple[bool, str | No
     return True, None, False
 
 
+# -- FLV, pure -------------------------------------------------------------------------------------------------------
+
+def flv_tag(type_id: int, timestamp: int, payload: bytes) -> bytes:
+    """One FLV tag (11-byte header, payload, PreviousTagSize)."""
+    size = len(payload)
+    ts = timestamp & 0xFFFFFFFF
+    head = (_TAG_HEAD.pack(type_id, size >> 8, size & 0xFF) + (ts & 0xFFFFFF).to_bytes(3, "big")
+            + bytes((ts >> 24,)) + b"\x00\x00\x00")
+    return head + payload + (size + 11).to_bytes(4, "big")
+
+
+def flv_tags(msg: rtmp.Message) -> bytes:
+    """What one RTMP message from a publisher becomes in the FLV stream ffmpeg reads (b"" for anything else).
+
+    Audio and video as they are; data (``@setDataFrame``, ``onMetaData``, …) with ``@setDataFrame`` dropped, as an
+    RTMP server stores it; AMF3 data as AMF0; an aggregate message's tags re-timed from the message's timestamp.
+    """
+    t = msg.type_id
+    if t == rtmp.AUDIO or t == rtmp.VIDEO:
+        return flv_tag(t, msg.timestamp, msg.payload) if msg.payload else b""
+    if t == rtmp.DATA_AMF0 or t == rtmp.DATA_AMF3:
+        payload = msg.payload[1:] if t == rtmp.DATA_AMF3 and msg.payload[:1] == b"\x00" else msg.payload
+        if payload.startswith(_SET_DATA_FRAME):
+            payload = payload[len(_SET_DATA_FRAME):]
+        return flv_tag(rtmp.DATA_AMF0, msg.timestamp, payload) if payload else b""
+    if t == 22:  # aggregate: FLV tags back to back
+        out = []
+        data, pos, base = msg.payload, 0, None
+        while pos + 11 <= len(data):
+            sub_type = data[pos]
+            size = int.from_bytes(data[pos + 1:pos + 4], "big")
+            ts = int.from_bytes(data[pos + 4:pos + 7], "big") | (data[pos + 7] << 24)
+            body = data[pos + 11:pos + 11 + size]
+            if len(body) < size:
+                break
+            base = ts if base is None else base
+            if sub_type in (rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0):
+                out.append(flv_tags(rtmp.Message(msg.csid, msg.timestamp + ts - base, sub_type, msg.stream_id, body)))
+            pos += 11 + size + 4
+        return b"".join(out)
+    return b""
+
+
+# -- the server's side of the conversation, pure --------------------------------------------------------------------
+
+def _control(type_id: int, payload: bytes) -> rtmp.Message:
+    return rtmp.Message(2, 0, type_id, 0, payload)
+
+
+def replies(msg: rtmp.Message) -> list[rtmp.Message]:
+    """What the gate answers to a (verified) publisher command, the way RTMP servers do."""
+    name = rtmp.command_name(msg)
+    if name is None:
+        return []
+    try:
+        values = rtmp.command_values(msg)
+    except rtmp.RtmpError:
+        return []
+    txn = values[1] if len(values) > 1 and isinstance(values[1], (int, float)) else 0
+    if name == "connect":
+        obj = values[2] if len(values) > 2 and isinstance(values[2], dict) else {}
+        encoding = obj.get("objectEncoding", 0)
+        return [
+            _control(rtmp.WINDOW_ACK_SIZE, struct.pack(">I", WINDOW)),
+            _control(rtmp.SET_PEER_BANDWIDTH, struct.pack(">IB", WINDOW, 2)),
+            rtmp.set_chunk_size_message(CHUNK_SIZE),
+            rtmp.command_message(["_result", txn, {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
+                                  {"level": "status", "code": "NetConnection.Connect.Success",
+                                   "description": "Connection succeeded.", "objectEncoding": encoding}]),
+        ]
+    if name == "releaseStream":
+        return [rtmp.command_message(["_result", txn, None, rtmp.UNDEFINED])]
+    if name == "FCPublish":
+        return [rtmp.command_message(["onFCPublish", 0, None, {"level": "status", "code": "NetStream.Publish.Start",
+                                                               "description": "FCPublish"}])]
+    if name == "createStream":
+        return [rtmp.command_message(["_result", txn, None, STREAM_ID])]
+    if name == "publish":
+        return [
+            _control(rtmp.USER_CONTROL, struct.pack(">HI", 0, int(STREAM_ID))),  # Stream Begin
+            rtmp.command_message(["onStatus", 0, None, {"level": "status", "code": "NetStream.Publish.Start",
+                                                        "description": "Publishing."}],
+                                 csid=5, stream_id=int(STREAM_ID)),
+        ]
+    if name == "FCUnpublish":
+        return [rtmp.command_message(["onFCUnpublish", 0, None, {"level": "status",
+                                                                 "code": "NetStream.Unpublish.Success",
+                                                                 "description": "FCUnpublish"}])]
+    return []
+
+
+def acknowledgement(total: int) -> rtmp.Message:
+    return _control(rtmp.ACKNOWLEDGEMENT, struct.pack(">I", total & 0xFFFFFFFF))
+
+
+def server_handshake(c0c1: bytes, now_ms: int | None = None) -> bytes:
+    """S0+S1+S2 for a client's C0+C1: version 3, a random S1 with zeros in bytes 4..7 (the plain handshake), and
+    S2 echoing C1 (what ffmpeg's listener and nginx-rtmp answer a plain client with)."""
+    if len(c0c1) != 1 + rtmp.HANDSHAKE_SIZE or c0c1[0] != 3:
+        raise _Reject("not an RTMP publisher")
+    stamp = (int(time.monotonic() * 1000) if now_ms is None else now_ms) & 0xFFFFFFFF
+    s1 = struct.pack(">II", stamp, 0) + os.urandom(rtmp.HANDSHAKE_SIZE - 8)
+    return b"\x03" + s1 + c0c1[1:]
+
+
+# -- the gate --------------------------------------------------------------------------------------------------------
+
+Sink = asyncio.StreamWriter
+
+
 class IngestGate:
-    def __init__(self, host: str, port: int, app: str, key: str, backend_port: int,
-                 on_event: Callable[[IngestEvent], None]) -> None:
+    def __init__(self, host: str, port: int, app: str, key: str, on_event: Callable[[IngestEvent], None],
+                 sink: Callable[[], Awaitable[Sink]] | None = None) -> None:
         self.host, self.port, self.app, self.key = host, port, app.strip("/"), key
-        self.backend_port = backend_port
         self.on_event = on_event
-        self.busy = False
+        self.sink = sink  # ffmpeg's input for the next verified publisher (waits while ffmpeg restarts)
+        self.busy = False  # a verified publisher is live
+        self._unverified = 0
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -72,76 +202,165 @@ class IngestGate:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for t in list(self._tasks):
             t.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         who = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
-        if self.busy:
-            self.on_event(IngestEvent("rejected", who, "another publisher is live"))
-            writer.close()
-            return
-        self.busy = True
         task = asyncio.current_task()
         if task:
             self._tasks.add(task)
         try:
-            for _ in range(250):  # ffmpeg may be restarting after the previous publisher: wait for its listener
-                if listening(self.backend_port):
-                    break
-                await asyncio.sleep(0.02)
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.backend_port)
-            except OSError as exc:
-                self.on_event(IngestEvent("rejected", who, f"restream's ffmpeg is not listening ({exc.strerror})"))
+            if self.busy:
+                self.on_event(IngestEvent("rejected", who, "another publisher is live"))
                 return
-            try:
-                await self._serve(who, reader, writer, up_reader, up_writer)
-            finally:
-                up_writer.close()
+            if self._unverified >= MAX_UNVERIFIED:
+                self.on_event(IngestEvent("rejected", who, "too many connections waiting to show the key"))
+                return
+            await self._serve(who, reader, writer)
+        except asyncio.CancelledError:
+            pass
         finally:
-            writer.close()
-            self.busy = False
+            writer.transport.abort()
             if task:
                 self._tasks.discard(task)
 
-    async def _serve(self, who, reader, writer, up_reader, up_writer) -> None:
-        down = asyncio.create_task(_pipe(up_reader, writer))
+    async def _serve(self, who: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, reader, writer)
+        self._unverified += 1
         try:
-            verdict = await self._check(reader, up_writer)
-            if verdict is not None:
-                self.on_event(IngestEvent("rejected", who, verdict))
+            after = await session.verify()
+        except _Reject as exc:
+            self.on_event(IngestEvent("rejected", who, str(exc)))
+            return
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, rtmp.RtmpError) as exc:
+            self.on_event(IngestEvent("rejected", who, f"left before publishing ({_why(exc)})"))
+            return
+        finally:
+            self._unverified -= 1
+        if self.busy:
+            self.on_event(IngestEvent("rejected", who, "another publisher is live"))
+            return
+        self.busy = True
+        sink: Sink | None = None
+        try:
+            try:
+                sink = await asyncio.wait_for(self.sink(), SINK_TIMEOUT_S) if self.sink else None
+            except TimeoutError:
+                sink = None
+            if sink is None:
+                self.on_event(IngestEvent("rejected", who, "restream's ffmpeg is not ready"))
                 return
             self.on_event(IngestEvent("publishing", who))
-            await _pipe(reader, up_writer)
-            self.on_event(IngestEvent("ended", who))
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            self.on_event(IngestEvent("ended", who, str(exc) or type(exc).__name__))
+            try:
+                await session.stream(after, sink)
+                self.on_event(IngestEvent("ended", who))
+            except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, rtmp.RtmpError) as exc:
+                self.on_event(IngestEvent("ended", who, _why(exc)))
         finally:
-            down.cancel()
+            self.busy = False
+            if sink is not None:
+                try:
+                    sink.close()  # the end of ffmpeg's input: it finishes, and restream starts the next one
+                except Exception:
+                    pass
 
-    async def _check(self, reader: asyncio.StreamReader, up: asyncio.StreamWriter) -> str | None:
-        """Forward the handshake and the commands up to a verified ``publish``; a problem ends the session."""
-        up.write(await reader.readexactly(1 + rtmp.HANDSHAKE_SIZE))  # C0+C1; the publisher then waits for S0-S2
-        await up.drain()
-        up.write(await reader.readexactly(rtmp.HANDSHAKE_SIZE))  # C2
-        parser = rtmp.ChunkParser()
+
+class _Session:
+    """One publisher's connection: the server side of the RTMP conversation, then its media as FLV."""
+
+    def __init__(self, gate: IngestGate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.gate, self.reader, self.writer = gate, reader, writer
+        self.parser = rtmp.ChunkParser()
+        self.out = rtmp.ChunkWriter()
+        self.window = WINDOW  # the publisher's acknowledgement window (it may announce its own)
+        self.received = 0
+        self.acked = 0
+        self.publish_msg: rtmp.Message | None = None
+
+    async def _read(self) -> bytes:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            data = await self.reader.read(_READ)
+        if not data:
+            raise ConnectionResetError("the publisher disconnected")
+        self.received += len(data)
+        if self.received - self.acked >= self.window:
+            self.acked = self.received
+            self.writer.write(self.out.write(acknowledgement(self.received)))
+        return data
+
+    def _send(self, msgs: list[rtmp.Message]) -> None:
+        if msgs:
+            self.writer.write(b"".join(self.out.write(m) for m in msgs))
+
+    async def handshake(self) -> None:
+        c0c1 = await self.reader.readexactly(1 + rtmp.HANDSHAKE_SIZE)
+        self.writer.write(server_handshake(c0c1))
+        await self.writer.drain()
+        await self.reader.readexactly(rtmp.HANDSHAKE_SIZE)  # C2 (its content is not checked by RTMP servers)
+
+    async def verify(self) -> list[rtmp.Message]:
+        """Handshake, then read and answer commands up to a verified ``publish`` (the messages after it returned).
+        A wrong app or key raises _Reject before anything reaches ffmpeg."""
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            await self.handshake()
         while True:
-            data = await reader.read(_READ)
-            if not data:
-                return "publisher left before publishing"
-            published = False
-            for msg in parser.feed(data):
-                ok, problem, verified = check_command(msg, self.app, self.key)
+            msgs = self.parser.feed(await self._read())
+            for i, msg in enumerate(msgs):
+                ok, problem, verified = check_command(msg, self.gate.app, self.gate.key)
                 if not ok:
-                    return problem
-                published = published or verified
-            up.write(data)
-            await up.drain()
-            if published:
-                return None
+                    raise _Reject(problem)
+                if msg.type_id == rtmp.WINDOW_ACK_SIZE and len(msg.payload) >= 4:
+                    self.window = max(1, struct.unpack_from(">I", msg.payload)[0])
+                if verified:
+                    self.publish_msg = msg
+                    return msgs[i + 1:]
+                self._send(replies(msg))
+            await self.writer.drain()
+
+    async def stream(self, after: list[rtmp.Message], sink: Sink) -> None:
+        """Answer the verified ``publish``, then pass the publisher's media to ffmpeg as FLV until it leaves."""
+        assert self.publish_msg is not None
+        self._send(replies(self.publish_msg))
+        await self.writer.drain()
+        sink.write(FLV_HEADER)
+        self._forward(after, sink)
+        await sink.drain()
+        while True:
+            data = await self._read()
+            msgs = self.parser.feed(data)
+            if self._forward(msgs, sink):
+                await sink.drain()
+                return
+            await sink.drain()
+
+    def _forward(self, msgs: list[rtmp.Message], sink: Sink) -> bool:
+        """Write the media of ``msgs``; True once the publisher said it is done (FCUnpublish, deleteStream)."""
+        tags = []
+        done = False
+        for msg in msgs:
+            t = msg.type_id
+            if t == rtmp.AUDIO or t == rtmp.VIDEO or t == rtmp.DATA_AMF0 or t == rtmp.DATA_AMF3 or t == 22:
+                tags.append(flv_tags(msg))
+            elif t == rtmp.WINDOW_ACK_SIZE and len(msg.payload) >= 4:
+                self.window = max(1, struct.unpack_from(">I", msg.payload)[0])
+            elif t == rtmp.COMMAND_AMF0 or t == rtmp.COMMAND_AMF3:
+                name = rtmp.command_name(msg)
+                self._send(replies(msg))
+                if name in ("FCUnpublish", "deleteStream", "closeStream"):
+                    done = True
+        if tags:
+            sink.write(b"".join(tags))
+        return done
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"nothing received for {READ_TIMEOUT_S:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def load_or_create_key(path: Path) -> tuple[str, bool]:
@@ -157,20 +376,3 @@ def load_or_create_key(path: Path) -> tuple[str, bool]:
     key = secrets.token_urlsafe(18)
     atomic_write(path, key + "\n")
     return key, True
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            data = await reader.read(_READ)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        try:
-            writer.close()
-        except Exception:
-            pass

@@ -268,8 +268,8 @@ def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
         return args
     if inp.kind == "stdin":
         return ["-i", "pipe:0"]
-    if inp.kind == "listen":  # relay mode: one publisher, through restream's ingest gate
-        return ["-listen", "1", "-rw_timeout", "10000000", "-i", inp.target or ""]
+    if inp.kind == "listen":  # relay mode: the ingest gate writes the verified publisher's stream as FLV to stdin
+        return ["-f", "flv", "-i", "pipe:0"]
     if inp.kind == "url":
         network = ["-rw_timeout", "10000000"] if re.match(r"(rtmps?|https?|tcp)://", inp.target or "") else []
         return [*network, "-i", inp.target or ""]

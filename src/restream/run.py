@@ -157,6 +157,8 @@ class Broadcast:
         self._started_at: float | None = None
         self.record_index: int | None = None  # the recording's slave index in the tee (it is the last one)
         self.record_error: str | None = None  # the recording failed (ffmpeg: "Slave muxer #N failed: …")
+        self._input_ready = asyncio.Event()  # relay mode: the running ffmpeg's stdin awaits a verified publisher
+        self._intruders = (0.0, 0)  # when the last refused connection was reported, and how many since
 
     # -- state ------------------------------------------------------------------------------------------------
 
@@ -289,6 +291,8 @@ class Broadcast:
         self._poke = asyncio.Event()
         self.life = lifecycle.initial(list(self.targets), relay=self.gate is not None)  # the gate is set by now
         await self.relay.start()
+        self.relay.on_intruder = self._intruder
+        self.relay.allow_only(None)  # only the ffmpeg about to start may publish to the slots (PID given below)
         background: list[asyncio.Task] = []
         signals = False
         try:
@@ -296,6 +300,7 @@ class Broadcast:
             self._quiet_ports = {str(p) for p in self.relay.ports}
             p = plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration, self.queue_size, self.font)
             if self.gate is not None:
+                self.gate.sink = self.ingest_input
                 try:
                     await self.gate.start()
                 except OSError as exc:
@@ -333,6 +338,9 @@ class Broadcast:
             *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent)
         clock = None
+        self.relay.allow_only(self.proc.pid)  # connections that came meanwhile were held, unread, until now
+        if self.gate is not None:
+            self._input_ready.set()
         if not first:
             self.emit(ev.NewSession(time.time(), self.proc.pid))
         if first:
@@ -349,6 +357,8 @@ class Broadcast:
                 self.emit(ev.Recording(time.time(), self.record, "recording"))
         tasks = [asyncio.create_task(c) for c in (self._read_progress(), self._read_log(), self._stopper())]
         rc = await self.proc.wait()
+        self._input_ready.clear()
+        self.relay.allow_only(None)
         # the last bytes reach the destinations (and who would not take them is named) before any verdict
         await self.relay.settle()
         await asyncio.wait(tasks[:2], timeout=2)
@@ -361,6 +371,26 @@ class Broadcast:
             self._feed(lifecycle.SessionEnd())
             self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
         return rc
+
+    async def ingest_input(self) -> asyncio.StreamWriter:
+        """Relay mode: the waiting ffmpeg's stdin (it reads FLV there), for the next verified publisher; waits while
+        ffmpeg restarts. The gate closes it when the publisher leaves, which ends that ffmpeg."""
+        await self._input_ready.wait()
+        self._input_ready.clear()
+        assert self.proc is not None and self.proc.stdin is not None
+        return self.proc.stdin
+
+    def _intruder(self, slot: int, who: str) -> None:
+        """The slot relay refused a connection that was not restream's ffmpeg: someone else on this machine."""
+        now = time.monotonic()
+        last, quiet = self._intruders
+        if now - last < 1.0:
+            self._intruders = (last, quiet + 1)
+            return
+        self._intruders = (now, 0)
+        more = f" ({quiet} more refused before)" if quiet else ""
+        self.emit(ev.Log(time.time(), "warning", f"refused a connection to relay slot {slot} from {who}: "
+                                                 f"not restream's ffmpeg{more}"))
 
     def on_ingest(self, e) -> None:
         """Events of relay mode's ingest gate (an ingest.IngestEvent)."""
@@ -409,13 +439,12 @@ class Broadcast:
         assert proc is not None
         if not self._hard and await self._until(END_GRACE_S, wake_on_hard=True):
             return
-        if self.gate is not None and self.life.phase in ("waiting", "stopping") and self.publishers_now() == 0:
-            # relay mode between publishers: ffmpeg waits in accept() and reads no "q"; nothing is on air
-            self._signalled = True
-            try:
-                os.kill(proc.pid, signal.SIGINT)
-            except ProcessLookupError:
-                return
+        if self.gate is not None and proc.stdin is not None:
+            # relay mode: ffmpeg reads the publisher's FLV on stdin (and reads no "q"); the end of it ends ffmpeg.
+            # Between publishers nothing is on air: ffmpeg then fails to open its input, as asked.
+            if self.life.phase in ("waiting", "stopping") and self.publishers_now() == 0:
+                self._signalled = True
+            proc.stdin.close()
         elif proc.stdin is not None:
             try:
                 proc.stdin.write(b"q")

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from restream import rtmp
+from restream import peercheck, rtmp
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ class _Publisher(_Side):
         super().__init__()
         self.relay = relay
         self.slot = slot
+        self.held = False           # accepted while the allowed PID was unknown: unread until it is known
         self.stage = 0              # 0: C0+C1 awaited, 1: C2 awaited, 2: chunks
         self.pending = bytearray()  # received before the destination was connected, or an incomplete handshake part
         self.up: asyncio.Transport | None = None
@@ -361,6 +362,10 @@ class SlotRelay:
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._guarded = False       # allow_only() was called: only that process's connections are served
+        self._pid: int | None = None
+        self._held: list[_Publisher] = []
+        self.on_intruder: Callable[[int, str], None] | None = None  # (slot, who): a refused connection
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -448,10 +453,28 @@ class SlotRelay:
                 bytes_up=self._bytes[slot], sessions=self._count[slot], since=self._since[slot]))
         return out
 
+    def allow_only(self, pid: int | None) -> None:
+        """Serve connections from process ``pid`` only (restream's ffmpeg): on Linux the accepted connection's
+        client socket must be one of that process's fds (``peercheck``); anything else is refused at once, reported
+        to ``on_intruder`` and never touches a session. ``None``: the process is about to start (or restart), so
+        connections are held, unread, until its PID is given. Where /proc cannot tell, a slot takes one publisher
+        at a time instead."""
+        self._guarded = True
+        self._pid = pid
+        if pid is not None and self._held:
+            held, self._held = self._held, []
+            for pub in held:
+                if pub.transport is not None and not pub.transport.is_closing():
+                    self._accept(pub)
+
     async def close(self) -> None:
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        for pub in self._held:
+            if pub.transport is not None:
+                pub.transport.abort()
+        self._held.clear()
         for server in self._servers:
             server.close()
         for slot in range(self.slots):
@@ -569,6 +592,20 @@ class SlotRelay:
     def _accept(self, pub: _Publisher) -> None:
         """A publisher connected (called from its protocol's connection_made)."""
         slot = pub.slot
+        if self._guarded and not self._closed:
+            if self._pid is None:
+                pub.held = True
+                pub.transport.pause_reading()  # type: ignore[union-attr]
+                self._held.append(pub)
+                return
+            who = self._stranger(pub)
+            if who is not None:
+                pub.transport.abort()  # type: ignore[union-attr]
+                self._report_intruder(slot, who)
+                return
+        if pub.held:
+            pub.held = False
+            pub.transport.resume_reading()  # type: ignore[union-attr]
         upstream = self._assigned[slot]
         if upstream is None or self._closed or self._stopping_at is not None:
             why = "relay closing" if self._closed else "stopping" if upstream is not None else "slot not assigned"
@@ -584,6 +621,33 @@ class SlotRelay:
         task = loop.create_task(self._serve(sess))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _stranger(self, pub: _Publisher) -> str | None:
+        """None if the connection is the allowed process's, else who it is (for the warning)."""
+        transport = pub.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        ours = transport.get_extra_info("sockname") if transport is not None else None
+        if not (isinstance(peer, tuple) and isinstance(ours, tuple)):
+            return "an unknown peer"
+        who = f"{peer[0]}:{peer[1]}"
+        assert self._pid is not None
+        verdict = peercheck.owner_check(self._pid, peer[:2], ours[:2])
+        if verdict.ok:
+            return None
+        if verdict.ok is None:  # no /proc to ask: at least never a second publisher beside a live session
+            if any(not s.stopped for s in self._sessions[pub.slot]):
+                return f"{who} (the slot already has a publisher)"
+            return None
+        return who + (f" (uid {verdict.uid})" if verdict.uid is not None else "")
+
+    def _report_intruder(self, slot: int, who: str) -> None:
+        if self.on_intruder is None:
+            log.warning("slot %d: refused a connection from %s: not restream's ffmpeg", slot, who)
+            return
+        try:
+            self.on_intruder(slot, who)
+        except Exception:  # a broken observer must not break the relay
+            log.exception("slot relay on_intruder callback failed")
 
     async def _serve(self, sess: _Session) -> None:
         upstream = sess.upstream
