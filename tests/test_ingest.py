@@ -1,0 +1,93 @@
+"""The ingest gate's pure parts: FLV tags from RTMP messages, the server's replies, the handshake."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from restream import ingest, rtmp
+
+
+def test_flv_header_and_tag_layout():
+    assert ingest.FLV_HEADER == b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00"
+    tag = ingest.flv_tag(9, 0x12345678, b"abc")
+    # type, 24-bit size, 24-bit timestamp, its high byte, stream id 0, payload, PreviousTagSize (11 + size)
+    assert tag == b"\x09\x00\x00\x03" + b"\x34\x56\x78\x12" + b"\x00\x00\x00" + b"abc" + struct.pack(">I", 14)
+
+
+def test_audio_and_video_pass_as_they_are():
+    assert ingest.flv_tags(rtmp.Message(6, 40, rtmp.VIDEO, 1, b"\x17\x01v")) == ingest.flv_tag(9, 40, b"\x17\x01v")
+    assert ingest.flv_tags(rtmp.Message(4, 41, rtmp.AUDIO, 1, b"\xaf\x01a")) == ingest.flv_tag(8, 41, b"\xaf\x01a")
+    assert ingest.flv_tags(rtmp.Message(4, 41, rtmp.AUDIO, 1, b"")) == b""
+
+
+def test_set_data_frame_is_dropped_from_metadata():
+    meta = rtmp.amf0_encode("onMetaData", rtmp.ECMAArray(width=320.0, height=180.0))
+    msg = rtmp.Message(4, 0, rtmp.DATA_AMF0, 1, rtmp.amf0_encode("@setDataFrame") + meta)
+    assert ingest.flv_tags(msg) == ingest.flv_tag(18, 0, meta)
+    plain = rtmp.Message(4, 5, rtmp.DATA_AMF0, 1, meta)  # already without it: unchanged
+    assert ingest.flv_tags(plain) == ingest.flv_tag(18, 5, meta)
+    amf3 = rtmp.Message(4, 5, rtmp.DATA_AMF3, 1, b"\x00" + meta)
+    assert ingest.flv_tags(amf3) == ingest.flv_tag(18, 5, meta)
+
+
+def test_aggregate_message_is_retimed_from_the_message_timestamp():
+    sub = ingest.flv_tag(9, 1000, b"v1") + ingest.flv_tag(8, 1020, b"a1")
+    msg = rtmp.Message(6, 5000, 22, 1, sub)
+    assert ingest.flv_tags(msg) == ingest.flv_tag(9, 5000, b"v1") + ingest.flv_tag(8, 5020, b"a1")
+
+
+def test_commands_and_control_messages_are_not_media():
+    cmd = rtmp.command_message(["FCUnpublish", 5, None, "key"])
+    assert ingest.flv_tags(cmd) == b""
+    assert ingest.flv_tags(rtmp.set_chunk_size_message(4096)) == b""
+
+
+def _names(msgs):
+    return [(m.type_id, rtmp.command_name(m)) for m in msgs]
+
+
+def test_replies_follow_what_publishers_wait_for():
+    connect = rtmp.command_message(["connect", 1, {"app": "live", "tcUrl": "rtmp://127.0.0.1/live"}])
+    out = ingest.replies(connect)
+    assert _names(out) == [(rtmp.WINDOW_ACK_SIZE, None), (rtmp.SET_PEER_BANDWIDTH, None),
+                           (rtmp.SET_CHUNK_SIZE, None), (rtmp.COMMAND_AMF0, "_result")]
+    result = rtmp.command_values(out[-1])
+    assert result[1] == 1 and result[3]["code"] == "NetConnection.Connect.Success"
+
+    created = rtmp.command_values(ingest.replies(rtmp.command_message(["createStream", 4, None]))[0])
+    assert created[:2] == ["_result", 4] and created[3] == 1
+
+    publish = rtmp.command_message(["publish", 5, None, "the-key", "live"], stream_id=1)
+    out = ingest.replies(publish)
+    assert out[0].type_id == rtmp.USER_CONTROL and out[0].payload == b"\x00\x00\x00\x00\x00\x01"  # Stream Begin 1
+    status = rtmp.command_values(out[1])
+    assert status[0] == "onStatus" and status[3]["code"] == "NetStream.Publish.Start" and out[1].stream_id == 1
+    assert "the-key" not in repr(out), "the key is never echoed"
+    assert ingest.replies(rtmp.Message(4, 0, rtmp.VIDEO, 1, b"x")) == []
+
+
+def test_acknowledgement_wraps_at_32_bits():
+    assert ingest.acknowledgement(2**32 + 7).payload == struct.pack(">I", 7)
+
+
+def test_server_handshake_echoes_c1_and_refuses_what_is_not_rtmp():
+    c1 = bytes(range(256)) * 6
+    out = ingest.server_handshake(b"\x03" + c1, now_ms=1234)
+    assert len(out) == 1 + 2 * rtmp.HANDSHAKE_SIZE and out[0] == 3
+    assert out[1:9] == struct.pack(">II", 1234, 0)  # plain handshake: zeros after the time
+    assert out[1 + rtmp.HANDSHAKE_SIZE:] == c1
+    with pytest.raises(ingest._Reject):
+        ingest.server_handshake(b"GET / HTTP/1.1\r\n".ljust(1 + rtmp.HANDSHAKE_SIZE, b" "))
+
+
+@pytest.mark.parametrize("msg, expected", [
+    (rtmp.command_message(["connect", 1, {"app": "live"}]), (True, None, False)),
+    (rtmp.command_message(["connect", 1, {"app": "other"}]), (False, "wrong application name in the server URL", False)),
+    (rtmp.command_message(["releaseStream", 2, None, "K"]), (True, None, False)),
+    (rtmp.command_message(["FCPublish", 3, None, "nope"]), (False, "wrong stream key", False)),
+    (rtmp.command_message(["publish", 5, None, "K", "live"]), (True, None, True)),
+])
+def test_check_command(msg, expected):
+    assert ingest.check_command(msg, "live", "K") == expected
