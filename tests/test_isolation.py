@@ -22,8 +22,6 @@ from test_go_e2e import CHEAP, Go
 from test_live_changes import largest_gap
 from test_relay_mode import INGEST_KEY, Publisher, Relay, assert_delivered, published_ok
 
-pytestmark = pytest.mark.e2e
-
 GAP_LIMIT = 0.5
 REFUSED = "refused a connection to relay slot"
 
@@ -140,6 +138,7 @@ def one_clean_session(r: Receiver, seconds: float) -> None:
 
 # -- relay mode ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.timeout(150)
 def test_relay_mode_intruders_on_every_port_reach_nothing(things, destinations, tmp_path):
     recs = destinations(2)
@@ -192,6 +191,7 @@ def test_relay_mode_intruders_on_every_port_reach_nothing(things, destinations, 
 
 # -- go -----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_go_intruders_on_every_slot_change_nothing(things, destinations, tmp_path):
     recs = destinations(2)
@@ -216,3 +216,27 @@ def test_go_intruders_on_every_slot_change_nothing(things, destinations, tmp_pat
         one_clean_session(r, 12.0)
     warnings = [e["message"] for e in go.events if e.get("event") == "log" and REFUSED in e["message"]]
     assert warnings and all("127.0.0.1:" in w for w in warnings), warnings
+
+
+# -- SRT: ffmpeg takes its key only on the command line, so restream says so ------------------------------------------
+
+SRT_WARNING = "any local user can read it with `ps`"
+
+
+def test_adding_an_srt_key_warns_that_local_users_can_read_it(cli):
+    from conftest import CANARY_KEY
+
+    code, out, err = cli("add", "studio", "--url", "srt://127.0.0.1:9000", "--key-stdin", input=CANARY_KEY + "\n")
+    assert code == 0, err
+    assert SRT_WARNING in err and "studio" in err, err
+    code, out, err = cli("edit", "studio", "--key-stdin", input=CANARY_KEY + "x\n")
+    assert code == 0 and SRT_WARNING in err, err
+    code, out, err = cli("add", "viaurl", "--url", "srt://127.0.0.1:9001?streamid=abc", "--no-key")
+    assert code == 0 and SRT_WARNING in err, err
+
+
+def test_no_srt_warning_without_an_srt_key(cli):
+    code, out, err = cli("add", "open", "--url", "srt://127.0.0.1:9000?latency=200", "--no-key")
+    assert code == 0 and SRT_WARNING not in err, err
+    code, out, err = cli("add", "yt", "--url", "rtmp://127.0.0.1/live2", "--key-stdin", input="k-123456\n")
+    assert code == 0 and SRT_WARNING not in err, err

@@ -319,6 +319,21 @@ def add_cmd(
     if kenv and not os.environ.get(kenv):
         warn(f"${kenv} is not set in this shell: set it (export {kenv}=…) wherever you run restream go, "
              "or store the key instead (restream edit " + dest.name + " --key-stdin)")
+    _warn_srt_key(dest)
+
+
+def _warn_srt_key(d: prof.Destination) -> None:
+    """ffmpeg takes an SRT stream id or passphrase only in its arguments: say so where one is set."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(d.server_url)
+    if parts.scheme.lower() != "srt":
+        return
+    query = parse_qs(parts.query)
+    if d.stream_key or d.stream_key_env or "streamid" in query or "passphrase" in query:
+        warn(f"{d.name}: ffmpeg accepts an SRT key (streamid) or passphrase only on its command line, so while "
+             "live any local user can read it with `ps` (unless /proc is mounted with hidepid=2); RTMP(S) keys "
+             "never appear there")
 
 
 def _dest_dict(d: prof.Destination, show_keys: bool) -> dict:
@@ -391,16 +406,21 @@ def edit_cmd(
     if url is None and not key_given and rename is None and ca_file is None:
         raise UsageError("nothing to change: give --url, --key/--key-env/--key-stdin, --rename or --ca-file")
 
+    changed: list[prof.Destination] = []
+
     def change(p: prof.Profile) -> prof.Profile:
         old = p.get(name)
         new = prof.make_destination(
             rename or old.name, url or old.server_url,
             skey if key_given else old.stream_key, kenv if key_given else old.stream_key_env,
             old.enabled, old.platform, str(ca_file) if ca_file else old.ca_file)
+        changed[:] = [new]
         return p.replaced(old.name, new)
 
     _edit(profile, change)
     typer.echo(f"updated {rename or name}")
+    if changed and (url is not None or key_given):
+        _warn_srt_key(changed[0])
 
 
 @command("remove", epilog="Example:\n\n  restream remove twitch")
