@@ -8,15 +8,18 @@ not notice (no reconnect, no hole over 0.5 s in what the receivers recorded), an
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from restream import peercheck, rtmp
+from restream.slotrelay import SlotRelay, Upstream
 from support import FFMPEG, Receiver, descendants, free_port, wait_for
 from test_go_e2e import CHEAP, Go
 from test_live_changes import largest_gap
@@ -240,3 +243,81 @@ def test_no_srt_warning_without_an_srt_key(cli):
     assert code == 0 and SRT_WARNING not in err, err
     code, out, err = cli("add", "yt", "--url", "rtmp://127.0.0.1/live2", "--key-stdin", input="k-123456\n")
     assert code == 0 and SRT_WARNING not in err, err
+
+
+# -- the slot relay's door, on its own ----------------------------------------------------------------------------------
+
+async def _upstream():
+    """A TCP server standing in for a destination: records the connections it gets and the bytes on each."""
+    got: list[bytearray] = []
+
+    async def serve(reader, writer):
+        buf = bytearray()
+        got.append(buf)
+        while data := await reader.read(65536):
+            buf += data
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, got
+
+
+def test_slot_relay_holds_connections_until_the_pid_is_known_then_serves_them():
+    async def main():
+        server, got = await _upstream()
+        events = []
+        relay = SlotRelay(1, on_event=events.append)
+        await relay.start()
+        relay.assign(0, Upstream("d0", f"rtmp://127.0.0.1:{server.sockets[0].getsockname()[1]}/live", "k"))
+        relay.allow_only(None)  # as run.py does before starting ffmpeg
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.ports[0])
+        c0c1 = b"\x03" + os.urandom(rtmp.HANDSHAKE_SIZE)
+        writer.write(c0c1)
+        await asyncio.sleep(0.3)
+        assert events == [] and got == [], "a connection was served before the PID was known"
+        relay.allow_only(os.getpid())  # this process is "ffmpeg": the held connection is its own
+        for _ in range(100):
+            if got and len(got[0]) >= len(c0c1):
+                break
+            await asyncio.sleep(0.02)
+        assert [e.kind for e in events][:1] == ["connecting"] and bytes(got[0]) == c0c1
+        writer.close()
+        await relay.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_slot_relay_refuses_another_process_and_keeps_the_live_session():
+    async def main():
+        server, got = await _upstream()
+        events, intruders = [], []
+        relay = SlotRelay(1, on_event=events.append)
+        relay.on_intruder = lambda slot, who: intruders.append((slot, who))
+        await relay.start()
+        relay.assign(0, Upstream("d0", f"rtmp://127.0.0.1:{server.sockets[0].getsockname()[1]}/live", "k"))
+        relay.allow_only(os.getpid())
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.ports[0])  # ours: served
+        writer.write(b"\x03" + os.urandom(rtmp.HANDSHAKE_SIZE))
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        assert len(got) == 1
+        port = relay.ports[0]
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import os,socket,sys;"
+            f"s=socket.create_connection(('127.0.0.1',{port}));s.sendall(b'\\x03'+os.urandom(1536));"
+            "\ntry: print(s.recv(10) == b'', flush=True)\nexcept ConnectionResetError: print(True, flush=True)",
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(child.communicate(), 10)
+        assert out.strip() == b"True", "the intruder's connection was not closed (reset) at once"
+        assert len(intruders) == 1 and intruders[0][0] == 0, intruders
+        assert intruders[0][1].startswith("127.0.0.1:") and f"(uid {os.getuid()})" in intruders[0][1]
+        assert len(got) == 1, "the intruder reached the destination"
+        assert [e.kind for e in events] == ["connecting"], events  # the live session saw nothing
+        assert not writer.is_closing()
+        writer.close()
+        await relay.close()
+        server.close()
+
+    asyncio.run(main())

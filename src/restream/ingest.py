@@ -10,7 +10,8 @@ that input; ffmpeg finishes and restream starts the next one.
 So ffmpeg has no listening socket at all (no door a local process could publish to without the key), and the
 media takes one hop fewer than through a second RTMP connection. A publisher that has not yet shown the key holds
 nothing: several may be checked at once, and the first verified one is live; a second verified one is refused
-while the first is live. A publisher silent for ``READ_TIMEOUT_S`` is cut off.
+while the first is live. A connection that has not published with the key within ``READ_TIMEOUT_S``, or a publisher silent that
+long, is cut off.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _NAMED = ("releaseStream", "FCPublish", "publish")
 _READ = 256 * 1024
 READ_TIMEOUT_S = 10.0  # a publisher silent this long is gone (ffmpeg's -rw_timeout did this before)
 SINK_TIMEOUT_S = 10.0  # ffmpeg restarting after the previous publisher
-MAX_UNVERIFIED = 8  # connections that have not shown the key yet, at once
+MAX_UNVERIFIED = 16  # connections that have not shown the key yet, at once (each has READ_TIMEOUT_S to do so)
 WINDOW = 2_500_000  # acknowledgement window announced to the publisher (what ffmpeg's own listener announces)
 CHUNK_SIZE = 4096  # what the gate sends its replies with
 STREAM_ID = 1.0
@@ -305,8 +306,11 @@ class _Session:
     async def verify(self) -> list[rtmp.Message]:
         """Handshake, then read and answer commands up to a verified ``publish`` (the messages after it returned).
         A wrong app or key raises _Reject before anything reaches ffmpeg."""
-        async with asyncio.timeout(READ_TIMEOUT_S):
+        async with asyncio.timeout(READ_TIMEOUT_S):  # the whole way to the key: a trickle cannot hold a place
             await self.handshake()
+            return await self._commands()
+
+    async def _commands(self) -> list[rtmp.Message]:
         while True:
             msgs = self.parser.feed(await self._read())
             for i, msg in enumerate(msgs):
