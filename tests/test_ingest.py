@@ -9,8 +9,19 @@ import pytest
 from restream import ingest, rtmp
 
 
-def test_flv_header_and_tag_layout():
-    assert ingest.FLV_HEADER == b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00"
+def test_flv_header_flags_come_from_metadata_or_the_first_packet():
+    def meta(**fields):
+        return rtmp.Message(4, 0, rtmp.DATA_AMF0, 1, rtmp.amf0_encode("@setDataFrame", "onMetaData",
+                                                                     rtmp.ECMAArray(fields)))
+
+    assert ingest.flv_header(meta(videocodecid=7.0, audiocodecid=10.0)) == b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00"
+    assert ingest.flv_header(meta(audiocodecid=10.0))[4] == 0x04
+    assert ingest.flv_header(meta(width=320.0))[4] == 0
+    assert ingest.flv_header(rtmp.Message(6, 0, rtmp.VIDEO, 1, b"\x17"))[4] == 0x01
+    assert ingest.flv_header(rtmp.Message(4, 0, rtmp.AUDIO, 1, b"\xaf"))[4] == 0x04
+
+
+def test_flv_tag_layout():
     tag = ingest.flv_tag(9, 0x12345678, b"abc")
     # type, 24-bit size, 24-bit timestamp, its high byte, stream id 0, payload, PreviousTagSize (11 + size)
     assert tag == b"\x09\x00\x00\x03" + b"\x34\x56\x78\x12" + b"\x00\x00\x00" + b"abc" + struct.pack(">I", 14)

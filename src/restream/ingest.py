@@ -37,7 +37,7 @@ WINDOW = 2_500_000  # acknowledgement window announced to the publisher (what ff
 CHUNK_SIZE = 4096  # what the gate sends its replies with
 STREAM_ID = 1.0
 
-FLV_HEADER = b"FLV\x01\x05\x00\x00\x00\x09" + b"\x00\x00\x00\x00"  # audio+video flags, then PreviousTagSize0
+FLV_AUDIO, FLV_VIDEO = 0x04, 0x01  # FLV header flags
 _TAG_HEAD = struct.Struct(">BHB")  # type, then the 24-bit size as (high 16 bits, low 8 bits)
 _SET_DATA_FRAME = rtmp.amf0_encode("@setDataFrame")
 
@@ -85,6 +85,26 @@ def flv_tag(type_id: int, timestamp: int, payload: bytes) -> bytes:
     head = (_TAG_HEAD.pack(type_id, size >> 8, size & 0xFF) + (ts & 0xFFFFFF).to_bytes(3, "big")
             + bytes((ts >> 24,)) + b"\x00\x00\x00")
     return head + payload + (size + 11).to_bytes(4, "big")
+
+
+def flv_header(first: rtmp.Message) -> bytes:
+    """The FLV file header (and PreviousTagSize0), its audio/video flags told by the publisher's first media or
+    data message, as ffmpeg's own RTMP input does: ``onMetaData`` naming an audio/video codec, else that message's
+    type. (ffmpeg's FLV reader waits to see every stream the flags announce.)"""
+    flags = 0
+    if first.type_id == rtmp.AUDIO:
+        flags = FLV_AUDIO
+    elif first.type_id == rtmp.VIDEO:
+        flags = FLV_VIDEO
+    else:
+        body = flv_tags(first)[11:-4]
+        try:
+            values = rtmp.amf0_decode(body, 2) if body else []
+        except rtmp.RtmpError:
+            values = []
+        meta = values[1] if len(values) > 1 and values[0] == "onMetaData" and isinstance(values[1], dict) else {}
+        flags = (FLV_AUDIO if "audiocodecid" in meta else 0) | (FLV_VIDEO if "videocodecid" in meta else 0)
+    return b"FLV\x01" + bytes((flags,)) + b"\x00\x00\x00\x09" + b"\x00\x00\x00\x00"
 
 
 def flv_tags(msg: rtmp.Message) -> bytes:
@@ -281,6 +301,7 @@ class _Session:
         self.received = 0
         self.acked = 0
         self.publish_msg: rtmp.Message | None = None
+        self.header_sent = False
 
     async def _read(self) -> bytes:
         async with asyncio.timeout(READ_TIMEOUT_S):
@@ -330,7 +351,6 @@ class _Session:
         assert self.publish_msg is not None
         self._send(replies(self.publish_msg))
         await self.writer.drain()
-        sink.write(FLV_HEADER)
         self._forward(after, sink)
         await sink.drain()
         while True:
@@ -348,7 +368,11 @@ class _Session:
         for msg in msgs:
             t = msg.type_id
             if t == rtmp.AUDIO or t == rtmp.VIDEO or t == rtmp.DATA_AMF0 or t == rtmp.DATA_AMF3 or t == 22:
-                tags.append(flv_tags(msg))
+                tag = flv_tags(msg)
+                if tag and not self.header_sent:
+                    self.header_sent = True
+                    tags.append(flv_header(msg if t != 22 else rtmp.Message(0, 0, tag[0], 0, tag[11:-4])))
+                tags.append(tag)
             elif t == rtmp.WINDOW_ACK_SIZE and len(msg.payload) >= 4:
                 self.window = max(1, struct.unpack_from(">I", msg.payload)[0])
             elif t == rtmp.COMMAND_AMF0 or t == rtmp.COMMAND_AMF3:
@@ -357,6 +381,8 @@ class _Session:
                 if name in ("FCUnpublish", "deleteStream", "closeStream"):
                     done = True
         if tags:
+            if sink.is_closing():  # restream is stopping (it closed ffmpeg's input) or ffmpeg is gone
+                raise ConnectionResetError("restream's ffmpeg stopped reading")
             sink.write(b"".join(tags))
         return done
 

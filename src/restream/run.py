@@ -388,7 +388,7 @@ class Broadcast:
             self._intruders = (last, quiet + 1)
             return
         self._intruders = (now, 0)
-        more = f" ({quiet} more refused before)" if quiet else ""
+        more = f" (and {quiet} more since the last such warning)" if quiet else ""
         self.emit(ev.Log(time.time(), "warning", f"refused a connection to relay slot {slot} from {who}: "
                                                  f"not restream's ffmpeg{more}"))
 
