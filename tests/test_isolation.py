@@ -147,7 +147,7 @@ def test_relay_mode_intruders_on_every_port_reach_nothing(things, destinations, 
     recs = destinations(2)
     relay = things.add(Relay(free_port(), INGEST_KEY, ())).ready()
     intruders = things.add(Intruders(tmp_path))
-    ffmpeg = relay.ffmpegs()[0]
+    ffmpeg = next(e for e in relay.events if e.get("event") == "start")["pid"]
 
     ports = listening_ports(relay.proc.pid)
     assert relay.port in ports and ports[relay.port] == relay.proc.pid
@@ -162,7 +162,7 @@ def test_relay_mode_intruders_on_every_port_reach_nothing(things, destinations, 
     time.sleep(1.0)  # anything that had slipped through would have reached the receivers by now
     untouched(recs)
     assert not relay.states("d0", "live") and not relay.states("d1", "live"), relay.summary()
-    assert relay.ffmpegs() == [ffmpeg], "an intruder reached ffmpeg"
+    assert set(relay.ffmpegs()) <= {ffmpeg}, "an intruder reached ffmpeg (it ended and was restarted)"
 
     # 2. while a publisher is live
     pub = things.add(Publisher(relay.port, INGEST_KEY, 10, tmp_path / "publisher.log"))
@@ -183,7 +183,7 @@ def test_relay_mode_intruders_on_every_port_reach_nothing(things, destinations, 
     assert relay.interrupt() == 130
 
     for name in ("d0", "d1"):
-        assert [e["state"] for e in relay.states(name)][:2] == ["connecting", "live"]
+        assert [e["state"] for e in relay.states(name)][:3] == ["waiting", "connecting", "live"]
         assert len(relay.states(name, "live")) == 1 and not relay.states(name, "retrying"), relay.states(name)
     for r in recs:
         one_clean_session(r, 10.0)
