@@ -164,9 +164,12 @@ def test_relay_mode_intruders_on_every_port_reach_nothing(things, destinations, 
     assert not relay.states("d0", "live") and not relay.states("d1", "live"), relay.summary()
     assert set(relay.ffmpegs()) <= {ffmpeg}, "an intruder reached ffmpeg (it ended and was restarted)"
 
-    # 2. while a publisher is live
+    # 2. while a publisher is live (a connection that never shows the key, held open meanwhile, holds nothing)
+    squatter = socket.create_connection(("127.0.0.1", relay.port))
+    squatter.sendall(b"\x03" + os.urandom(rtmp.HANDSHAKE_SIZE))
     pub = things.add(Publisher(relay.port, INGEST_KEY, 10, tmp_path / "publisher.log"))
     relay.wait_live(["d0", "d1"], timeout=30)
+    squatter.close()
     ports = listening_ports(relay.proc.pid)
     assert len(ports) == 6, ports
     refused_before = len([e for e in relay.logs("warning") if REFUSED in e["message"]])

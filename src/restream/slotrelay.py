@@ -633,6 +633,9 @@ class SlotRelay:
         assert self._pid is not None
         verdict = peercheck.owner_check(self._pid, peer[:2], ours[:2])
         if verdict.ok:
+            # ffmpeg's own: even beside a session that still looks live here. ffmpeg opens a second connection on a
+            # slot only when its fifo gave up the first, and its reconnect can be accepted before that socket's EOF
+            # is read; refusing it would cost the destination a second.
             return None
         if verdict.ok is None:  # no /proc to ask: at least never a second publisher beside a live session
             if any(not s.stopped for s in self._sessions[pub.slot]):
