@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 
@@ -60,9 +61,12 @@ def test_socket_inodes_from_fd_links():
     assert peercheck.socket_inodes(links) == {5555, 77}
 
 
-def test_no_proc_means_cannot_tell(monkeypatch):
-    monkeypatch.setattr(peercheck, "TABLES", ("/nonexistent/tcp",))
-    monkeypatch.setattr(peercheck, "read_tables", lambda tables=("/nonexistent/tcp",): None)
+def test_no_netlink_and_no_proc_means_cannot_tell(monkeypatch):
+    def no_netlink(local, remote):
+        raise OSError("no netlink here")
+
+    monkeypatch.setattr(peercheck, "diag_lookup", no_netlink)
+    monkeypatch.setattr(peercheck, "read_tables", lambda tables=(): None)
     assert peercheck.owner_check(os.getpid(), ("127.0.0.1", 1), ("127.0.0.1", 2)).ok is None
 
 
@@ -91,3 +95,55 @@ def test_real_sockets_own_process_and_another_process():
         finally:
             child.stdin.close()
             child.wait(10)
+
+
+def test_diag_request_bytes():
+    req = peercheck.diag_request(("127.0.0.1", 45678), ("127.0.0.1", 8080), seq=7)
+    assert len(req) == 16 + 56
+    assert struct.unpack_from("=IHHII", req) == (72, 20, 1, 7, 0)  # SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST
+    assert req[16:24] == bytes((socket.AF_INET, socket.IPPROTO_TCP, 0, 0)) + b"\xff\xff\xff\xff"  # any state
+    assert req[24:28] == struct.pack(">HH", 45678, 8080)
+    assert req[28:44] == bytes((127, 0, 0, 1)) + bytes(12) and req[44:60] == bytes((127, 0, 0, 1)) + bytes(12)
+    assert req[60:] == struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    v6 = peercheck.diag_request(("::1", 1), ("::1", 2))
+    assert v6[16] == socket.AF_INET6 and v6[28:44] == bytes(15) + b"\x01"
+
+
+def test_parse_diag_reply_bytes():
+    body = (bytes((socket.AF_INET, 1, 0, 0)) + struct.pack(">HH", 45678, 8080)
+            + bytes((127, 0, 0, 1)) + bytes(12) + bytes((127, 0, 0, 1)) + bytes(12)
+            + struct.pack("=III", 0, 1, 2) + struct.pack("=IIIII", 0, 0, 0, 1000, 5555))
+    reply = struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
+    e = peercheck.parse_diag_reply(reply)
+    assert (e.local, e.remote, e.state, e.uid, e.inode) == (("127.0.0.1", 45678), ("127.0.0.1", 8080), 1, 1000, 5555)
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -2) + bytes(16)
+    assert peercheck.parse_diag_reply(error) is None
+
+
+def test_netlink_and_proc_tables_agree_on_a_real_connection():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        ours = server.getsockname()
+        with socket.create_connection(ours) as client:
+            conn, peer = server.accept()
+            with conn:
+                by_diag = peercheck.diag_lookup(peer, ours)
+                by_table = peercheck.find_socket(peercheck.read_tables(), peer, ours)
+                assert by_diag.inode == by_table.inode == os.fstat(client.fileno()).st_ino
+                assert by_diag.uid == by_table.uid == os.getuid()
+                assert peercheck.diag_lookup(("127.0.0.1", 1), ours) is None
+
+
+def test_tables_are_the_fallback_when_netlink_is_not_there(monkeypatch):
+    def no_netlink(local, remote):
+        raise OSError("no netlink here")
+
+    monkeypatch.setattr(peercheck, "diag_lookup", no_netlink)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()):
+            conn, peer = server.accept()
+            with conn:
+                assert peercheck.owner_check(os.getpid(), peer, server.getsockname()).ok is True
