@@ -158,6 +158,7 @@ class Broadcast:
         self.record_index: int | None = None  # the recording's slave index in the tee (it is the last one)
         self.record_error: str | None = None  # the recording failed (ffmpeg: "Slave muxer #N failed: …")
         self._input_ready = asyncio.Event()  # relay mode: the running ffmpeg's stdin awaits a verified publisher
+        self._fed = False  # relay mode: the running ffmpeg's stdin was handed to a publisher
         self._intruders = (0.0, 0)  # when the last refused connection was reported, and how many since
 
     # -- state ------------------------------------------------------------------------------------------------
@@ -340,6 +341,7 @@ class Broadcast:
         clock = None
         self.relay.allow_only(self.proc.pid)  # connections that came meanwhile were held, unread, until now
         if self.gate is not None:
+            self._fed = False
             self._input_ready.set()
         if not first:
             self.emit(ev.NewSession(time.time(), self.proc.pid))
@@ -377,6 +379,7 @@ class Broadcast:
         ffmpeg restarts. The gate closes it when the publisher leaves, which ends that ffmpeg."""
         await self._input_ready.wait()
         self._input_ready.clear()
+        self._fed = True
         assert self.proc is not None and self.proc.stdin is not None
         return self.proc.stdin
 
@@ -543,7 +546,8 @@ class Broadcast:
             log = ev.parse_log_line(line, time.time())
             if "Error during demuxing" in log.text or "Error retrieving a packet from demuxer" in log.text:
                 self.input_error = log.text.split("] ", 1)[-1]
-            if self.gate is not None and any(r in log.text for r in RELAY_ROUTINE):
+            if self.gate is not None and (any(r in log.text for r in RELAY_ROUTINE) or not self._fed):
+                # (an ffmpeg no publisher reached can only say that its empty input ended: restream ended it)
                 log = ev.Log(log.ts, "info", log.text)
             self._srt_log(log.text)
             self._record_log(log.text)
