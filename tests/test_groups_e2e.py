@@ -1,0 +1,121 @@
+"""Encode groups end to end (issue 14): the real CLI, one real ffmpeg, ffmpeg ``-listen`` receivers on loopback.
+
+Three destinations in three groups: the broadcast's encoding, one capped by the twitch preset, a vertical 9:16 one.
+Each receiver gets its group's size, bitrate and keyframes every 2 s; killing one group's receiver leaves the other
+groups untouched. The source is a noisy clip, so that the encoder really spends the bitrate it is given (a test
+card compresses far below any cap, and its bitrate would prove nothing).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import FFMPEG, probe
+from test_go_e2e import _ts, add, procs, receivers_done  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.e2e
+
+
+def noise_clip(path: Path) -> Path:
+    """6 s of 320x180 15 fps noise (about 11 Mbit/s at qp 10): every group's encoder meets its bitrate."""
+    subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "lavfi",
+                    "-i", "testsrc2=size=320x180:rate=15,noise=alls=60:allf=t", "-f", "lavfi", "-i",
+                    "sine=f=440:r=48000", "-t", "6", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "10",
+                    "-g", "15", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-y", str(path)],
+                   check=True, timeout=60)
+    return path
+
+
+def video_kbps(path: Path, skip_s: float = 2.0) -> tuple[float, str]:
+    """The received video bitrate (kbit/s) after the first ``skip_s`` (the rate control settles), and its size."""
+    crc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0",
+                          "-c", "copy", "-f", "framecrc", "-"], capture_output=True, text=True, timeout=60).stdout
+    info = subprocess.run([FFMPEG, "-hide_banner", "-i", str(path)], capture_output=True, text=True,
+                          timeout=60).stderr
+    size = re.search(r"Video: h264.*?, (\d+x\d+)", info)
+    tb, rows = 1 / 1000, []
+    for line in crc.splitlines():
+        if line.startswith("#tb 0:"):
+            num, den = line.split(":", 1)[1].strip().split("/")
+            tb = int(num) / int(den)
+        elif line.strip() and not line.startswith("#"):
+            cols = [c.strip() for c in line.split(",")]
+            rows.append((int(cols[2]) * tb, int(cols[4])))
+    start = rows[0][0] + skip_s
+    kept = [(t, n) for t, n in rows if t >= start]
+    seconds = kept[-1][0] - kept[0][0] + (kept[1][0] - kept[0][0])
+    return sum(n for _, n in kept) * 8 / 1000 / seconds, size.group(1) if size else "?"
+
+
+def keyframe_gaps(path: Path) -> list[float]:
+    keys = probe(path).keyframe_times
+    return [round(b - a, 3) for a, b in zip(keys, keys[1:])]
+
+
+def three_groups(cli, add, main, twitch, vertical) -> None:
+    """main: the broadcast's encoding; twitch: the twitch preset (capped at 6000k); vertical: 9:16 at 1000k."""
+    add("main", main.url, "key-main")
+    code, _, err = cli("add", "twitch", "--platform", "twitch", "--url", twitch.url, "--key-stdin",
+                       input="key-twitch\n")
+    assert code == 0, err
+    add("vertical", vertical.url, "key-vertical")
+    code, _, err = cli("edit", "vertical", "--crop", "9:16", "--size", "180x320", "--video-bitrate", "1000k")
+    assert code == 0, err
+
+
+@pytest.mark.timeout(120)
+def test_three_groups_get_their_size_bitrate_and_keyframes(procs, add, cli, tmp_path):  # noqa: F811
+    clip = noise_clip(tmp_path / "noise.mp4")
+    main, twitch, vertical = (procs.receiver(n, f"key-{n}") for n in ("main", "twitch", "vertical"))
+    three_groups(cli, add, main, twitch, vertical)
+
+    go = procs.go(str(clip), "--loop", "--video-bitrate", "8000k", "--audio-bitrate", "64k", "--duration", "14s",
+                  "--json")
+    assert go.wait(90) == 0, go.stderr
+    receivers_done(main, twitch, vertical)
+    assert "twitch: capped: video 8000k -> 6000k" in go.stderr
+    assert len(go.tee_ffmpegs()) == 1, "one ffmpeg for three groups"
+    expected = {"main": (main, "320x180", 8000), "twitch": (twitch, "320x180", 6000),
+                "vertical": (vertical, "180x320", 1000)}
+    report = []
+    for name, (r, size, kbps) in expected.items():
+        m = probe(r.out)
+        assert m.decodes and m.first_packet_key, (name, m.errors)
+        assert (m.video_codec, m.audio_codec) == ("h264", "aac")
+        got, got_size = video_kbps(r.out)
+        gaps = keyframe_gaps(r.out)
+        report.append(f"{name}: {got_size} {got:.0f} kbit/s (target {kbps}), keyframe gaps {gaps}")
+        assert got_size == size, report[-1]
+        assert abs(got - kbps) <= 0.15 * kbps, report[-1]
+        assert len(gaps) >= 4 and all(abs(g - 2.0) <= 0.07 for g in gaps), report[-1]
+    print("\n".join(report))
+
+
+@pytest.mark.timeout(120)
+def test_killing_one_groups_receiver_leaves_the_others_untouched(procs, add, cli):  # noqa: F811
+    main, twitch, vertical = (procs.receiver(n, f"key-{n}") for n in ("main", "twitch", "vertical"))
+    three_groups(cli, add, main, twitch, vertical)
+    go = procs.go("--test-pattern", "--size", "320x180", "--fps", "15", "--video-bitrate", "8000k",
+                  "--audio-bitrate", "64k", "--duration", "12s", "--json", "--status-interval", "0.5")
+    lives = go.wait_live(["main", "twitch", "vertical"])
+    vertical.kill()
+    killed = time.time()
+    retrying = go.wait_state("vertical", "retrying", 8, after=killed)
+    assert go.state_now("main") == go.state_now("twitch") == "live"
+    assert go.wait(60) == 1, go.stderr  # vertical never came back: some destinations failed
+    receivers_done(main, twitch)
+    end = go.events[-1]
+    for name, r in (("main", main), ("twitch", twitch)):
+        assert [e["state"] for e in go.states(name)] == ["connecting", "live", "stopped"], go.states(name)
+        assert end["destinations"][name]["reconnects"] == 0
+        m = probe(r.out)
+        assert m.decodes and m.first_packet_key, m.errors
+        assert abs(m.duration - (_ts(end) - _ts(lives[name]))) <= 1.5, (name, m.duration)
+        assert m.max_gap < 0.5, f"{name}: a hole of {m.max_gap:.2f} s while vertical was down"
+    print(f"vertical retrying {_ts(retrying) - killed:.2f} s after its receiver was killed; main and twitch "
+          f"received {probe(main.out).duration:.1f} s and {probe(twitch.out).duration:.1f} s without a hole")
