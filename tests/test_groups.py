@@ -302,3 +302,26 @@ def test_copy_destination_with_the_test_card_is_refused(cli):
     assert cli("add", "c", "--url", "rtmp://127.0.0.1:9/live", "--key", "k-c-123456", "--copy")[0] == 0
     code, _, err = cli("go", "--test-pattern", "--dry-run")
     assert code == 2 and "c: set to copy, but the test card must be encoded" in err
+
+
+def test_the_vertical_crop_keeps_the_centre_real_ffmpeg():
+    """The 9:16 group's graph, run by the bundled ffmpeg on a 640x360 picture, green from x=210 to 430 (red
+    left, blue right): its 9:16 centre (x=219 to 421) fills the vertical picture, so that is green edge to edge
+    (the centre kept; a squeezed or off-centre picture would show red or blue at an edge)."""
+    import subprocess
+
+    from support import FFMPEG
+
+    graph, maps = plan.group_graph(Input("file", "in"), BASE, (Group(0, BASE, ("m",)), Group(1, VERTICAL, ("v",))))
+    src = ("color=c=red:size=640x360:rate=1,drawbox=x=210:y=0:w=220:h=360:color=green:t=fill,"
+           "drawbox=x=430:y=0:w=210:h=360:color=blue:t=fill")
+    out = subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i", src, "-frames:v", "1",
+                          "-filter_complex", graph, "-map", maps[1], "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+                          "-map", maps[0], "-frames:v", "1", "-f", "null", "-"], capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    out = out.stdout
+    w, h = VERTICAL.size
+    assert len(out) == w * h * 3
+    for x in (2, w // 2, w - 3):  # left edge, centre, right edge of the middle row
+        r, g, b = out[(h // 2 * w + x) * 3:(h // 2 * w + x) * 3 + 3]
+        assert g > 100 and r < 60 and b < 60, (x, (r, g, b))

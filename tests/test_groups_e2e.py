@@ -119,3 +119,40 @@ def test_killing_one_groups_receiver_leaves_the_others_untouched(procs, add, cli
         assert m.max_gap < 0.5, f"{name}: a hole of {m.max_gap:.2f} s while vertical was down"
     print(f"vertical retrying {_ts(retrying) - killed:.2f} s after its receiver was killed; main and twitch "
           f"received {probe(main.out).duration:.1f} s and {probe(twitch.out).duration:.1f} s without a hole")
+
+
+@pytest.mark.timeout(120)
+def test_live_add_joins_its_group_and_one_needing_a_new_encoder_waits_for_the_next_go(procs, add, cli):  # noqa: F811
+    """While live: a destination with the vertical group's settings joins that group (a free slot carries it)
+    and receives the vertical picture; one that would need a new encoder is refused with a clear message and
+    its receiver gets nothing."""
+    main, vertical, shorts, odd = (procs.receiver(n, f"key-{n}") for n in ("main", "vertical", "shorts", "odd"))
+    vert_opts = ["--crop", "9:16", "--size", "180x320", "--video-bitrate", "200k"]
+    add("main", main.url, "key-main")
+    add("vertical", vertical.url, "key-vertical")
+    assert cli("edit", "vertical", *vert_opts)[0] == 0
+    go = procs.go("--test-pattern", "--size", "320x180", "--fps", "15", "--video-bitrate", "300k",
+                  "--audio-bitrate", "64k", "--duration", "12s", "--json")
+    go.wait_live(["main", "vertical"])
+    code, _, err = cli("add", "shorts", "--url", shorts.url, "--key-stdin", *vert_opts, input="key-shorts\n")
+    assert code == 0, err
+    added = time.time()
+    go.wait_state("shorts", "live", 8, after=added - 1)
+    code, _, err = cli("add", "odd", "--url", odd.url, "--key-stdin", "--size", "640x360", input="key-odd\n")
+    assert code == 0, err
+    wanted = ("profile change not applied: odd: its encoding (300k video, 64k audio, 640x360, 15 fps) needs an "
+              "encoder this broadcast does not run; it applies at the next 'restream go'")
+    from support import wait_for
+
+    wait_for(lambda: any(e.get("event") == "log" and e["message"] == wanted for e in go.events), 8,
+             what="the refusal of odd")
+    assert go.wait(60) == 0, go.stderr
+    receivers_done(main, vertical, shorts)
+    assert not odd.connected() and go.states("odd") == []
+    sizes = {}
+    for name, r in (("main", main), ("vertical", vertical), ("shorts", shorts)):
+        m = probe(r.out)
+        assert m.decodes and m.first_packet_key, (name, m.errors)
+        sizes[name] = video_kbps(r.out, skip_s=0.5)[1]
+    assert sizes == {"main": "320x180", "vertical": "180x320", "shorts": "180x320"}
+    assert len(go.tee_ffmpegs()) == 1
