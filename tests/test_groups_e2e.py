@@ -1,4 +1,5 @@
 """Encode groups end to end (issue 14): the real CLI, one real ffmpeg, ffmpeg ``-listen`` receivers on loopback.
+Also: live changes into a group (or refused), and relay mode's copy next to an encode (the publisher's packets).
 
 Three destinations in three groups: the broadcast's encoding, one capped by the twitch preset, a vertical 9:16 one.
 Each receiver gets its group's size, bitrate and keyframes every 2 s; killing one group's receiver leaves the other
@@ -156,3 +157,47 @@ def test_live_add_joins_its_group_and_one_needing_a_new_encoder_waits_for_the_ne
         sizes[name] = video_kbps(r.out, skip_s=0.5)[1]
     assert sizes == {"main": "320x180", "vertical": "180x320", "shorts": "180x320"}
     assert len(go.tee_ffmpegs()) == 1
+
+
+def packet_hashes(path: Path) -> list[tuple[str, str]]:
+    """(size, md5) of every video packet, as stored (no decode)."""
+    out = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0",
+                          "-c", "copy", "-f", "framemd5", "-"], capture_output=True, text=True, timeout=60).stdout
+    return [tuple(c.strip() for c in line.split(",")[4:6]) for line in out.splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.timeout(120)
+def test_relay_copy_next_to_an_encode_gets_the_publishers_exact_packets(tmp_path, cli):
+    """Relay mode: a copy destination and a vertical one in one ffmpeg: the first receives the publisher's exact
+    packets (same hashes, in order), the second the 9:16 encode."""
+    import test_relay_mode as rm
+    from support import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", seconds=5)
+    procs_ = rm.Procs(tmp_path)
+    try:
+        copy_r = procs_.receiver("copy", "key-copy")
+        vert_r = procs_.receiver("vert", "key-vert")
+        for name, r, extra in (("copy", copy_r, []), ("vert", vert_r, ["--crop", "9:16", "--size", "180x320",
+                                                                        "--video-bitrate", "300k"])):
+            code, _, err = cli("add", name, "--url", r.url, "--key-stdin", *extra, input=f"key-{name}\n")
+            assert code == 0, err
+        relay = procs_.relay(rm.INGEST_KEY, "--once")
+        pub = subprocess.Popen([FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-i", str(clip),
+                                "-c", "copy", "-f", "flv", f"rtmp://127.0.0.1:{relay.port}/live/{rm.INGEST_KEY}"],
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+        assert pub.wait(30) == 0
+        assert relay.proc.wait(30) == 0, relay.stderr
+        rm.receivers_done(copy_r, vert_r)
+        argv = " ".join(relay.argv_of(relay.ffmpegs()[0]))
+        assert "-c:v:0 copy" in argv and "-c:v:1 libx264" in argv, argv
+        sent, got = packet_hashes(clip), packet_hashes(copy_r.out)
+        # all of them (relay mode's fifo queue holds the start-up burst); at most the first two may be lost
+        assert len(got) >= len(sent) - 2 and got == sent[len(sent) - len(got):], \
+            f"{len(got)} packets received, {len(sent)} sent, not the same"
+        assert video_kbps(vert_r.out, skip_s=0.5)[1] == "180x320"
+        assert probe(vert_r.out).decodes
+        print(f"copy: {len(got)} of {len(sent)} packets, identical; vertical: 180x320")
+    finally:
+        procs_.close()
