@@ -148,6 +148,15 @@ def test_ffmpeg_python_sorts_options_and_puts_global_options_last():
     assert ours.index("-progress") < ours.index("-i") < ours.index("-filter_complex") < ours.index("tee")
 
 
+def test_ffmpeg_python_cannot_make_a_source_so_the_test_card_and_silence_stay_by_hand():
+    """The test card (testsrc2 + drawtext), the still's black picture and the silence (anullsrc) are lavfi
+    sources given as inputs: ffmpeg-python 0.2.0 has no node without an input, so those strings stay by hand."""
+    from ffmpeg.nodes import FilterNode
+
+    with pytest.raises(ValueError, match="at least 1 input"):
+        FilterNode([], "testsrc2", kwargs={"size": "320x180"})
+
+
 # -- the slot layout: each slave selects its group's streams ----------------------------------------------------------
 
 def slot_url(i: int) -> str:

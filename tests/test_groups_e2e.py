@@ -80,6 +80,8 @@ def test_three_groups_get_their_size_bitrate_and_keyframes(procs, add, cli, tmp_
     assert go.wait(90) == 0, go.stderr
     receivers_done(main, twitch, vertical)
     assert "twitch: capped: video 8000k -> 6000k" in go.stderr
+    assert ("3 encode groups, one ffmpeg: 8000k video, 64k audio: main; 6000k video, 64k audio: twitch; 1000k video, "
+            "64k audio, 180x320 (9:16 crop): vertical") in go.stderr, go.stderr
     assert len(go.tee_ffmpegs()) == 1, "one ffmpeg for three groups"
     expected = {"main": (main, "320x180", 8000), "twitch": (twitch, "320x180", 6000),
                 "vertical": (vertical, "180x320", 1000)}

@@ -727,6 +727,9 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         typer.echo(mask(p.shell()))
         return EXIT_OK
 
+    if len(groups) > 1:
+        notice(f"{len(groups)} encode groups, one ffmpeg: " + "; ".join(
+            f"{g.enc.describe()}: {', '.join(g.members) or '(free slots)'}" for g in groups))
     redact = Redactor(secrets)
     watch = None
     if live_changes:
