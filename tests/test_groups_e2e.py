@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import FFMPEG, probe
-from test_go_e2e import _ts, add, procs, receivers_done  # noqa: F401  (fixtures)
+from support import FFMPEG, event_ts as _ts, probe, receivers_done, timing, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +69,7 @@ def three_groups(cli, add, main, twitch, vertical) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_three_groups_get_their_size_bitrate_and_keyframes(procs, add, cli, tmp_path):  # noqa: F811
+def test_three_groups_get_their_size_bitrate_and_keyframes(procs, add, cli, tmp_path):
     clip = noise_clip(tmp_path / "noise.mp4")
     main, twitch, vertical = (procs.receiver(n, f"key-{n}") for n in ("main", "twitch", "vertical"))
     three_groups(cli, add, main, twitch, vertical)
@@ -99,8 +98,9 @@ def test_three_groups_get_their_size_bitrate_and_keyframes(procs, add, cli, tmp_
     print("\n".join(report))
 
 
+@timing
 @pytest.mark.timeout(120)
-def test_killing_one_groups_receiver_leaves_the_others_untouched(procs, add, cli):  # noqa: F811
+def test_killing_one_groups_receiver_leaves_the_others_untouched(procs, add, cli):
     main, twitch, vertical = (procs.receiver(n, f"key-{n}") for n in ("main", "twitch", "vertical"))
     three_groups(cli, add, main, twitch, vertical)
     go = procs.go("--test-pattern", "--size", "320x180", "--fps", "15", "--video-bitrate", "8000k",
@@ -124,8 +124,9 @@ def test_killing_one_groups_receiver_leaves_the_others_untouched(procs, add, cli
           f"received {probe(main.out).duration:.1f} s and {probe(twitch.out).duration:.1f} s without a hole")
 
 
+@timing
 @pytest.mark.timeout(120)
-def test_live_add_joins_its_group_and_one_needing_a_new_encoder_waits_for_the_next_go(procs, add, cli):  # noqa: F811
+def test_live_add_joins_its_group_and_one_needing_a_new_encoder_waits_for_the_next_go(procs, add, cli):
     """While live: a destination with the vertical group's settings joins that group (a free slot carries it)
     and receives the vertical picture; one that would need a new encoder is refused with a clear message and
     its receiver gets nothing."""
@@ -145,8 +146,6 @@ def test_live_add_joins_its_group_and_one_needing_a_new_encoder_waits_for_the_ne
     assert code == 0, err
     wanted = ("profile change not applied: odd: its encoding (300k video, 64k audio, 640x360, 15 fps) needs an "
               "encoder this broadcast does not run; it applies at the next 'restream go'")
-    from support import wait_for
-
     wait_for(lambda: any(e.get("event") == "log" and e["message"] == wanted for e in go.events), 8,
              what="the refusal of odd")
     assert go.wait(60) == 0, go.stderr
@@ -191,7 +190,7 @@ def test_relay_copy_next_to_an_encode_gets_the_publishers_exact_packets(tmp_path
                                stdin=subprocess.DEVNULL, start_new_session=True)
         assert pub.wait(30) == 0
         assert relay.proc.wait(30) == 0, relay.stderr
-        rm.receivers_done(copy_r, vert_r)
+        receivers_done(copy_r, vert_r)
         argv = " ".join(relay.argv_of(relay.ffmpegs()[0]))
         assert "-c:v:0 copy" in argv and "-c:v:1 libx264" in argv, argv
         sent, got = packet_hashes(clip), packet_hashes(copy_r.out)
