@@ -281,7 +281,8 @@ KeyStdinOpt = Annotated[bool, typer.Option("--key-stdin", help="Read the key fro
 
 # A destination's own encoding (issue 14): 'default' removes a setting (the broadcast's applies again).
 DestVideoBitrateOpt = Annotated[Optional[str], typer.Option(
-    "--video-bitrate", metavar="RATE", help="This destination's video bitrate, e.g. 6000k ('default': the broadcast's).")]
+    "--video-bitrate", metavar="RATE",
+    help="This destination's video bitrate, e.g. 6000k ('default': the broadcast's).")]
 DestAudioBitrateOpt = Annotated[Optional[str], typer.Option(
     "--audio-bitrate", metavar="RATE", help="This destination's AAC bitrate, e.g. 128k ('default': the broadcast's).")]
 DestSizeOpt = Annotated[Optional[str], typer.Option(
@@ -688,8 +689,9 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     groups = runner.encode_groups(targets, enc)
     copies = [t.name for t in targets if t.enc is not None and t.enc.copy]
     if copies and not enc.copy and inp.kind in ("test", "device"):
-        raise UsageError(f"{', '.join(copies)}: set to copy, but the {'test card' if inp.kind == 'test' else 'capture device'}"
-                         " must be encoded (restream edit NAME --encode)")
+        made = "test card" if inp.kind == "test" else "capture device"
+        raise UsageError(f"{', '.join(copies)}: set to copy, but the {made} must be encoded "
+                         "(restream edit NAME --encode)")
     schemes = {urlsplit_scheme(t.server_url) for t in targets}
     ff = discover.require(ffmpeg_opt, protocols=("srt",) if "srt" in schemes else (),
                           encoders=() if all(g.enc.copy for g in groups) else ("libx264", "aac"))

@@ -448,13 +448,11 @@ def build(ffmpeg: str, inp: Input, enc: Encoding, slaves: tuple[Slave, ...], dur
     several = groups is not None and (len(groups) > 1 or groups[0].enc.crop is not None)
     if groups is not None and not several:
         enc = groups[0].enc
-    if enc.copy and inp.still:
-        raise UsageError("--copy cannot add a picture to an audio-only input: leave out --copy (the picture is "
-                         "encoded once)")
     copying = enc.copy if not several else any(g.enc.copy for g in groups or ())
     if copying and inp.still:
-        raise UsageError("copy cannot add a picture to an audio-only input: leave out copy (the picture is "
-                         "encoded once)")
+        raise UsageError("--copy cannot add a picture to an audio-only input: leave out --copy (the picture is "
+                         "encoded once)" if not several else "a destination set to copy cannot get a picture for "
+                         "an audio-only input: restream edit NAME --encode")
     if copying and flv_tags_needed(inp) and any(s.name == "record" and s.format not in ("flv", "mpegts")
                                                 for s in slaves):
         raise UsageError("--copy from this input can only be recorded as .flv or .ts (the stream keeps FLV codec "
