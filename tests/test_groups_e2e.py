@@ -95,6 +95,11 @@ def test_three_groups_get_their_size_bitrate_and_keyframes(procs, add, cli, tmp_
         assert got_size == size, report[-1]
         assert abs(got - kbps) <= 0.15 * kbps, report[-1]
         assert len(gaps) >= 4 and all(abs(g - 2.0) <= 0.07 for g in gaps), report[-1]
+    # the groups' keyframes fall at the same stream times (one frame at 15 fps: 0.067 s)
+    keys = {name: probe(r.out).keyframe_times for name, (r, _, _) in expected.items()}
+    common = min(len(k) for k in keys.values())
+    assert common >= 5 and all(abs(a - b) <= 0.067 for ks in zip(*(k[:common] for k in keys.values()))
+                                for a in ks for b in ks), keys
     print("\n".join(report))
 
 
