@@ -4,7 +4,7 @@ Nothing here touches the disk, the network or a process; everything is tested on
 The argv is built by hand, in order (ffmpeg's meaning depends on option order; ffmpeg-python's builder sorts
 options alphabetically, so it is not used to compile it). The filter graph of encode groups (one decode, a
 ``split``, per group scale / centre crop / fps, the still's fit-and-pad) is built with ffmpeg-python
-(``group_graph``); the lavfi sources given as inputs (the test card and its drawtext, the black still, the silence)
+(``group_graph``; one encode's ``-vf`` chain too, ``video_chain``); the lavfi sources given as inputs (the test card and its drawtext, the black still, the silence)
 stay strings, as ffmpeg-python cannot make a node without an input (shown in tests/test_groups.py).
 """
 
@@ -416,17 +416,9 @@ def encode_args(inp: Input, enc: Encoding) -> list[str]:
         return copy_args(inp, enc)
     fps = enc.fps or (30 if inp.kind == "test" else STILL_FPS if inp.still else inp.fps)
     args: list[str] = []
-    filters = []
-    if inp.still and inp.image:  # a cover of any size, fitted into the frame on black
-        w, h = enc.size or STILL_SIZE
-        filters.append(f"scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,"
-                       "setsar=1")
-    elif enc.size and inp.kind != "test" and not inp.still:
-        filters.append(f"scale={enc.size[0]}:{enc.size[1]}")
-    if enc.fps and inp.kind != "test" and not inp.still:
-        filters.append(f"fps={number(enc.fps)}")
-    if filters:
-        args += ["-vf", ",".join(filters)]
+    chain = video_chain(inp, enc)
+    if chain:
+        args += ["-vf", chain]
     v = enc.video_bitrate_k
     args += ["-c:v", "libx264", "-preset", enc.preset, "-profile:v", "high", "-pix_fmt", "yuv420p",
              "-b:v", f"{v}k", "-maxrate", f"{v}k", "-bufsize", f"{2 * v}k", "-sc_threshold", "0"]
@@ -493,6 +485,52 @@ def _made(inp: Input, base: Encoding) -> tuple[tuple[int, int] | None, float | N
     return None, None
 
 
+def _fit(v, inp: Input, made_size: tuple[int, int] | None):
+    """The still's cover, of any size, fitted into the frame on black (an ffmpeg-python node)."""
+    if inp.still and inp.image:
+        w, h = made_size or STILL_SIZE
+        v = (v.filter("scale", w, h, force_original_aspect_ratio="decrease")
+             .filter("pad", w, h, "(ow-iw)/2", "(oh-ih)/2").filter("setsar", 1))
+    return v
+
+
+def _shape(v, enc: Encoding, made: tuple[tuple[int, int] | None, float | None]):
+    """One encode's picture (an ffmpeg-python node): scaled, or centre-cropped to its shape, and converted to its
+    rate (what restream makes itself, the test card or a still, is made at the broadcast's size and rate)."""
+    made_size, made_fps = made
+    if enc.crop:
+        w, h = enc.out_size or CROP_SIZES[enc.crop]
+        v = v.filter("scale", w, h, force_original_aspect_ratio="increase").filter("crop", w, h).filter("setsar", 1)
+    elif enc.size and enc.size != made_size:
+        v = v.filter("scale", enc.size[0], enc.size[1])
+    if enc.fps and enc.fps != made_fps:
+        v = v.filter("fps", number(enc.fps))
+    return v
+
+
+def _compile(*streams) -> tuple[str | None, list[str]]:
+    """ffmpeg-python compiles the graph: (``-filter_complex`` text or None, the ``-map`` of each stream)."""
+    import ffmpeg
+
+    args = ffmpeg.output(*streams, "-").get_args()
+    graph = args[args.index("-filter_complex") + 1] if "-filter_complex" in args else None
+    return graph, [args[i + 1] for i, a in enumerate(args) if a == "-map"]
+
+
+def video_chain(inp: Input, enc: Encoding) -> str | None:
+    """One encode's filters as a ``-vf`` chain (built with ffmpeg-python, its labels taken out), or None."""
+    import ffmpeg
+
+    src = ffmpeg.input("picture").video
+    made = _made(inp, enc)
+    v = _shape(_fit(src, inp, made[0]), enc, made)
+    if v is src:
+        return None
+    graph, _ = _compile(v)
+    assert graph is not None
+    return ",".join(re.sub(r"^(\[[^\]]*\])+|(\[[^\]]*\])+$", "", part) for part in graph.split(";"))
+
+
 def group_graph(inp: Input, base: Encoding, groups: tuple[Group, ...]) -> tuple[str | None, list[str]]:
     """The filter graph, built with ffmpeg-python: the picture decoded once, ``split`` into one branch per
     encoded group, each scaled / centre-cropped / converted to its rate. Returns (graph or None, the video map
@@ -500,41 +538,26 @@ def group_graph(inp: Input, base: Encoding, groups: tuple[Group, ...]) -> tuple[
     import ffmpeg
 
     video, _ = _sources(inp)
-    made_size, made_fps = _made(inp, base)
+    made = _made(inp, base)
     # ffmpeg-python numbers the inputs it sees, and this graph sees one: its label is set to the real input's below
     src = ffmpeg.input("picture").video
-    if inp.still and inp.image:  # a cover of any size, fitted into the frame on black (as encode_args does)
-        w, h = made_size or STILL_SIZE
-        src = (src.filter("scale", w, h, force_original_aspect_ratio="decrease")
-               .filter("pad", w, h, "(ow-iw)/2", "(oh-ih)/2").filter("setsar", 1))
+    fitted = _fit(src, inp, made[0])
     encoded = [g for g in groups if not g.enc.copy]
-    branches = src.split() if len(encoded) > 1 else None
+    branches = fitted.split() if len(encoded) > 1 else None
     outs = []
     for k, g in enumerate(encoded):
-        v = branches[k] if branches is not None else src
-        size = g.enc.out_size
-        if g.enc.crop:
-            w, h = size or CROP_SIZES[g.enc.crop]
-            v = v.filter("scale", w, h, force_original_aspect_ratio="increase").filter("crop", w, h) \
-                .filter("setsar", 1)
-        elif size and size != made_size:
-            v = v.filter("scale", size[0], size[1])
-        if g.enc.fps and g.enc.fps != made_fps:
-            v = v.filter("fps", number(g.enc.fps))
-        if v is src and branches is None and not (inp.still and inp.image):
-            outs.append(None)  # no filter at all: the input's picture is mapped as it is
-            continue
-        outs.append(v)
+        v = _shape(branches[k] if branches is not None else fitted, g.enc, made)
+        outs.append(None if v is src else v)  # None: no filter at all, the input's picture is mapped as it is
     named = [v for v in outs if v is not None]
     if not named:
         return None, [video] * len(outs)
-    args = ffmpeg.output(*named, "-").get_args()
-    graph = args[args.index("-filter_complex") + 1].replace("[0:v]", f"[{video}]", 1) \
-        if "-filter_complex" in args else None
-    labels = iter(args[i + 1] for i, a in enumerate(args) if a == "-map")
+    graph, labels = _compile(*named)
+    if graph is not None:
+        graph = graph.replace("[0:v]", f"[{video}]", 1)
+    found = iter(labels)
     maps = []
     for v in outs:
-        label = video if v is None else next(labels)
+        label = video if v is None else next(found)
         maps.append(video if label in ("0:v", "0") else label)
     return graph, maps
 
