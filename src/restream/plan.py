@@ -2,10 +2,11 @@
 
 Nothing here touches the disk, the network or a process; everything is tested on strings.
 The argv is built by hand, in order (ffmpeg's meaning depends on option order; ffmpeg-python's builder sorts
-options alphabetically, so it is not used to compile it). The filter graph of encode groups (one decode, a
-``split``, per group scale / centre crop / fps, the still's fit-and-pad) is built with ffmpeg-python
-(``group_graph``; one encode's ``-vf`` chain too, ``video_chain``); the lavfi sources given as inputs (the test card and its drawtext, the black still, the silence)
-stay strings, as ffmpeg-python cannot make a node without an input (shown in tests/test_groups.py).
+options alphabetically and puts global options last, so it is not used to compile it). The filter graphs are built
+with ffmpeg-python: encode groups' (one decode, a ``split``, per group scale / centre crop / fps, the still's
+fit-and-pad: ``group_graph``) and one encode's ``-vf`` chain (``video_chain``). The lavfi sources given as inputs
+(the test card and its drawtext, the black still, the silence) stay strings: ffmpeg-python cannot make a node
+without an input (shown in tests/test_groups.py).
 """
 
 from __future__ import annotations
