@@ -9,6 +9,7 @@ Benches (NAME), each measured side by side in one run of its own:
                  destinations; peak RSS of the Python process.
 * ``relay_cpu``  bench/relay_cpu.py (slow): the slot relay's CPU vs the ffmpeg feeding it (5 slots x 6 Mbit/s).
 * ``relay_vs_transcode``  bench/relay_vs_transcode.py (slow), when it exists.
+* ``groups``     bench/groups_cpu.py (slow): 5 destinations in 2 encode groups vs 1 group vs two restream processes.
 * ``faults``     measured here (``measure_faults``): `restream go` and the same ffmpeg argv by hand run at the same
                  time, each to 4 loopback receivers (a, b, c direct; f behind tests/faultproxy.py's FaultProxy).
                  c's receiver is killed and restarted 3 times on both sides at once: reconnect time = new receiver
@@ -182,6 +183,26 @@ def parse_relay_vs_transcode(out: str) -> list[dict]:
                 (f"{copy[1]} s vs {enc[1]} s; " if copy and enc else "") +
                 (f"their ffmpeg alone {ff[1]}" if ff else ""), target,
                 ratio <= float(limit.group(1)) if limit else None)]
+
+
+# -- groups: encode groups (issue 14) -------------------------------------------------------------------------------
+
+def bench_groups(fast: bool) -> dict:
+    argv = ["bench/groups_cpu.py", "--seconds", "20", "--rounds", "1"]
+    return {"command": "python " + " ".join(argv), "rows": parse_groups(run_script(argv, 900))}
+
+
+def parse_groups(out: str) -> list[dict]:
+    cpu = dict(re.findall(r"^(1 group|2 groups|2 processes): ([\d.]+) CPU-s$", out, re.M))
+    if len(cpu) != 3:
+        raise RuntimeError(f"cannot read bench/groups_cpu.py output: {out[-500:]!r}")
+    one, two, procs = (float(cpu[k]) for k in ("1 group", "2 groups", "2 processes"))
+    what = "5 destinations, 1280x720 30 fps test card: 3 at 6000k + 2 vertical 9:16 720x1280 at 3000k"
+    return [row(f"CPU: 2 encode groups vs 1 group (5 x 6000k), one process, whole tree; {what}", two / one,
+                f"{two:.2f} s vs {one:.2f} s (20 s)", "<= 1.9x", two / one <= 1.9),
+            row(f"CPU: 2 encode groups in one process vs the same as two restream processes; {what}", two / procs,
+                f"{two:.2f} s vs {procs:.2f} s (20 s; the two processes each make and decode the test card)",
+                "<= 0.5x", two / procs <= 0.5)]
 
 
 # -- faults: reconnect time and others' delivery while one is paused, restream vs ffmpeg by hand -----------------
@@ -453,6 +474,7 @@ def soak_figures(path: Path) -> dict:
 BENCHES = [  # name, function, slow; in the order of the table
     ("cpu", bench_cpu, True),
     ("relay_vs_transcode", bench_relay_vs_transcode, True),
+    ("groups", bench_groups, True),
     ("relay_cpu", bench_relay_cpu, True),
     ("faults", measure_faults, False),
     ("list", bench_list, False),

@@ -279,6 +279,46 @@ KeyEnvOpt = Annotated[Optional[str], typer.Option("--key-env", metavar="VAR",
                                                   help="Read the key from this environment variable when going live.")]
 KeyStdinOpt = Annotated[bool, typer.Option("--key-stdin", help="Read the key from the first line of standard input.")]
 
+# A destination's own encoding (issue 14): 'default' removes a setting (the broadcast's applies again).
+DestVideoBitrateOpt = Annotated[Optional[str], typer.Option(
+    "--video-bitrate", metavar="RATE",
+    help="This destination's video bitrate, e.g. 6000k ('default': the broadcast's).")]
+DestAudioBitrateOpt = Annotated[Optional[str], typer.Option(
+    "--audio-bitrate", metavar="RATE", help="This destination's AAC bitrate, e.g. 128k ('default': the broadcast's).")]
+DestSizeOpt = Annotated[Optional[str], typer.Option(
+    "--size", metavar="WxH", help="This destination's picture size, e.g. 720x1280 ('default': the broadcast's).")]
+DestFpsOpt = Annotated[Optional[str], typer.Option(
+    "--fps", metavar="FPS", help="This destination's frame rate ('default': the broadcast's).")]
+DestCropOpt = Annotated[Optional[str], typer.Option(
+    "--crop", metavar="9:16|1:1", help="Centre-crop to a vertical (9:16, 720x1280 unless --size) or square picture "
+    "('none' to remove).")]
+DestCopyOpt = Annotated[Optional[bool], typer.Option(
+    "--copy/--encode", help="Pass the source through for this destination (relay mode, go --copy), or always "
+    "encode it.", show_default=False)]
+
+
+def _encoding_options(video_bitrate, audio_bitrate, size, fps, crop, copy) -> dict:
+    """The add/edit encoding options given, parsed: {field: value}; None for 'default'/'none' (remove it)."""
+    from restream import plan
+
+    out: dict = {}
+    clear = ("default", "none")
+    if video_bitrate is not None:
+        out["video_bitrate"] = None if video_bitrate in clear else plan.parse_bitrate(video_bitrate, "video bitrate")
+    if audio_bitrate is not None:
+        out["audio_bitrate"] = None if audio_bitrate in clear else plan.parse_bitrate(audio_bitrate, "audio bitrate")
+    if size is not None:
+        out["size"] = None if size in clear else "x".join(map(str, plan.parse_size(size)))
+    if fps is not None:
+        out["fps"] = None if fps in clear else plan.parse_fps(fps)
+    if crop is not None:
+        if crop not in clear and crop not in prof.CROPS:
+            raise UsageError(f"invalid --crop {crop!r}: use {' or '.join(prof.CROPS)} (or 'none')")
+        out["crop"] = None if crop in clear else crop
+    if copy is not None:
+        out["copy"] = copy
+    return out
+
 
 # -- destination commands ----------------------------------------------------------------------------------------
 
@@ -295,9 +335,16 @@ def add_cmd(
     platform: Annotated[Optional[str], typer.Option("--platform", help="Platform preset (see: restream platforms).")] = None,
     ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="CA bundle to verify this RTMPS server with.")] = None,
     disabled: Annotated[bool, typer.Option("--disabled", help="Add it switched off.")] = False,
+    video_bitrate: DestVideoBitrateOpt = None,
+    audio_bitrate: DestAudioBitrateOpt = None,
+    size: DestSizeOpt = None,
+    fps: DestFpsOpt = None,
+    crop: DestCropOpt = None,
+    copy: DestCopyOpt = None,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
-    """Add a destination to the profile."""
+    """Add a destination to the profile (optionally with its own encoding: bitrate, size, fps, crop, copy)."""
+    encoding = _encoding_options(video_bitrate, audio_bitrate, size, fps, crop, copy)
     prof.validate_name(name)
     preset = platforms.get(platform) if platform else platforms.get(name)
     if platform and preset is None:
@@ -311,7 +358,7 @@ def add_cmd(
     prof.validate_url(url)
     skey, kenv, _ = _key_from_options(key, key_env, key_stdin, required=True, no_key=no_key)
     dest = prof.make_destination(name, url, skey, kenv, not disabled, preset.name if preset else None,
-                                 str(ca_file) if ca_file else None)
+                                 str(ca_file) if ca_file else None, **encoding)
     _edit(profile, lambda p: p.added(dest))
     typer.echo(f"added {dest.name} -> {mask_url(dest.server_url)}" + ("" if dest.enabled else " (disabled)"))
     if dest.scheme in ("rtmp", "rtmps") and url_secrets(dest.server_url):
@@ -342,6 +389,8 @@ def _dest_dict(d: prof.Destination, show_keys: bool) -> dict:
            "stream_key_env": d.stream_key_env, "enabled": d.enabled, "platform": d.platform}
     if d.ca_file:
         out["ca_file"] = d.ca_file
+    if d.encoding():
+        out["encoding"] = d.encoding()
     return out
 
 
@@ -358,9 +407,13 @@ def list_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = Fal
         return
     from restream.tables import table
 
-    table([("NAME", "name"), ("ON", "enabled"), ("SERVER URL", "server_url"), ("KEY", "key")],
-          [{**r, "enabled": "yes" if r["enabled"] else "no",
-            "key": r["stream_key"] or (f"${r['stream_key_env']}" if r["stream_key_env"] else "-")} for r in rows],
+    columns = [("NAME", "name"), ("ON", "enabled"), ("SERVER URL", "server_url"), ("KEY", "key")]
+    if any(d.encoding() for d in p.destinations):
+        columns.append(("ENCODING", "encoding"))
+    table(columns,
+          [{**r, "enabled": "yes" if r["enabled"] else "no", "encoding": d.describe_encoding(),
+            "key": r["stream_key"] or (f"${r['stream_key_env']}" if r["stream_key_env"] else "-")}
+           for r, d in zip(rows, p.destinations)],
           title=f"profile {p.name} ({p.path})")
     live = len(p.enabled())
     if live > prof.MAX_LIVE:
@@ -380,6 +433,7 @@ def show_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json
     row["key"] = row.pop("stream_key") or "-"
     row["enabled"] = "yes" if d.enabled else "no"
     row["platform"] = preset.title if preset else (d.platform or "-")
+    row["encoding"] = d.describe_encoding() if d.encoding() else "the broadcast's"
     width = max(map(len, row))
     for k, v in row.items():
         typer.echo(f"{k:<{width}}  {v if v is not None else '-'}")
@@ -395,16 +449,24 @@ def edit_cmd(
     key_stdin: KeyStdinOpt = False,
     rename: Annotated[Optional[str], typer.Option("--rename", metavar="NEW", help="New name.")] = None,
     ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="CA bundle for this RTMPS server.")] = None,
+    video_bitrate: DestVideoBitrateOpt = None,
+    audio_bitrate: DestAudioBitrateOpt = None,
+    size: DestSizeOpt = None,
+    fps: DestFpsOpt = None,
+    crop: DestCropOpt = None,
+    copy: DestCopyOpt = None,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
-    """Change a destination's URL, key or name."""
+    """Change a destination's URL, key, name or its own encoding."""
+    encoding = _encoding_options(video_bitrate, audio_bitrate, size, fps, crop, copy)
     skey, kenv, key_given = _key_from_options(key, key_env, key_stdin, required=False)
     if url is not None:
         prof.validate_url(url)
     if rename is not None:
         prof.validate_name(rename)
-    if url is None and not key_given and rename is None and ca_file is None:
-        raise UsageError("nothing to change: give --url, --key/--key-env/--key-stdin, --rename or --ca-file")
+    if url is None and not key_given and rename is None and ca_file is None and not encoding:
+        raise UsageError("nothing to change: give --url, --key/--key-env/--key-stdin, --rename, --ca-file or an "
+                         "encoding option (--video-bitrate, --audio-bitrate, --size, --fps, --crop, --copy/--encode)")
 
     changed: list[prof.Destination] = []
 
@@ -413,7 +475,8 @@ def edit_cmd(
         new = prof.make_destination(
             rename or old.name, url or old.server_url,
             skey if key_given else old.stream_key, kenv if key_given else old.stream_key_env,
-            old.enabled, old.platform, str(ca_file) if ca_file else old.ca_file)
+            old.enabled, old.platform, str(ca_file) if ca_file else old.ca_file,
+            **{**old.encoding(), **encoding})
         changed[:] = [new]
         return p.replaced(old.name, new)
 
@@ -493,6 +556,9 @@ def export_cmd(
     p = _load_existing(profile)
     text, left_out = interchange.export(p, fmt, include_keys=show_keys)
     typer.echo(text, nl=not text.endswith("\n"))
+    dropped = [d.name for d in p.destinations if d.encoding()]
+    if fmt == "apivideo" and dropped:
+        warn(f"the apivideo format has no per-destination encoding: left out for {', '.join(dropped)}")
     if left_out:
         warn(f"{left_out} stream key(s) left out of the export; add --show-keys to include them")
 
@@ -522,7 +588,20 @@ def import_cmd(
 
 # -- broadcasting -------------------------------------------------------------------------------------------------
 
-def _targets(dests) -> list:
+def _encoding_of(d, enc, caps: bool = True):
+    """A destination's encoding for this broadcast: the broadcast's ``enc``, its own settings on top, and (with
+    ``caps``) its platform's limits applied. Returns (encoding, a note when a cap lowered it)."""
+    from restream import plan
+
+    own = plan.Override(video_bitrate_k=d.video_bitrate, audio_bitrate_k=d.audio_bitrate,
+                        size=plan.parse_size(d.size) if d.size else None, fps=d.fps, crop=d.crop, copy=d.copy)
+    preset = platforms.get(d.platform) if caps else None
+    return plan.effective(enc, own, preset.max_video_kbps if preset else None,
+                          preset.max_audio_kbps if preset else None)
+
+
+def _targets(dests, enc=None, caps: bool = True) -> list:
+    """Ready-to-go targets; with the broadcast's ``enc``, each carries its own encoding (settings, caps)."""
     from urllib.parse import urlsplit
 
     from restream.run import Target
@@ -537,7 +616,8 @@ def _targets(dests) -> list:
         if key is None and d.scheme in ("rtmp", "rtmps") and len([p for p in parts.path.split("/") if p]) < 2:
             raise UsageError(f"destination {d.name!r} has no stream key (its URL has no stream name either): "
                              f"restream edit {d.name} --key-stdin")
-        targets.append(Target(d.name, d.server_url, key, d.ca_file))
+        targets.append(Target(d.name, d.server_url, key, d.ca_file,
+                              _encoding_of(d, enc, caps)[0] if enc is not None else None))
     return targets
 
 
@@ -551,14 +631,21 @@ def _output_mode(plain: bool, as_json: bool) -> str:
     return "live"
 
 
-def _bitrate_warnings(dests, video_k: int, copy: bool) -> None:
-    if copy:
-        return
+def _bitrate_warnings(dests, enc, caps: bool = True) -> None:
+    """With caps (the default) a destination over its platform's limit gets its own capped encode: said in a
+    notice. Without (--no-caps), or where its own setting is over the limit, a warning as before."""
     for d in dests:
+        mine, note = _encoding_of(d, enc, caps)
+        if mine.copy:
+            continue
         preset = platforms.get(d.platform)
-        if preset and preset.max_video_kbps and video_k > preset.max_video_kbps:
+        if note:
+            notice(f"{d.name}: {note} ({preset.title if preset else d.platform}'s limit): it gets its own encode "
+                   "(--no-caps to send it the broadcast's)")
+        elif preset and preset.max_video_kbps and mine.video_bitrate_k > preset.max_video_kbps:
             warn(f"{d.name}: {preset.title} accepts at most {preset.max_video_kbps} kbit/s of video; "
-                 f"--video-bitrate is {video_k}k")
+                 + (f"its video_bitrate is {mine.video_bitrate_k}k" if d.video_bitrate else
+                    f"--video-bitrate is {mine.video_bitrate_k}k"))
 
 
 def _describe_input(inp) -> str:
@@ -608,7 +695,7 @@ def _close_views(sinks, snap) -> None:
 def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
                quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
                only=None, skip=None, lock: bool = True, ingest=None, once: bool = False,
-               stall_timeout: float = 30.0) -> int:
+               stall_timeout: float = 30.0, caps: bool = True) -> int:
     """The shared path of `go` (and the demo): check everything, then run one broadcast and show it."""
     import asyncio
     from dataclasses import asdict, replace
@@ -618,10 +705,16 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     from restream import view
     from restream.redact import Redactor
 
-    targets = _targets(dests)
+    targets = _targets(dests, enc, caps)
+    groups = runner.encode_groups(targets, enc)
+    copies = [t.name for t in targets if t.enc is not None and t.enc.copy]
+    if copies and not enc.copy and inp.kind in ("test", "device"):
+        made = "test card" if inp.kind == "test" else "capture device"
+        raise UsageError(f"{', '.join(copies)}: set to copy, but the {made} must be encoded "
+                         "(restream edit NAME --encode)")
     schemes = {urlsplit_scheme(t.server_url) for t in targets}
     ff = discover.require(ffmpeg_opt, protocols=("srt",) if "srt" in schemes else (),
-                          encoders=() if enc.copy else ("libx264", "aac"))
+                          encoders=() if all(g.enc.copy for g in groups) else ("libx264", "aac"))
     input_duration = None
     if inp.kind == "file":
         info = discover.probe_input(ff.path, inp.target)
@@ -641,10 +734,13 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else []) + url_creds
     if dry_run:
         slaves, slot_of, _ = runner.layout(targets, lambda i: f"rtmp://127.0.0.1:<slot-{i}-port>/slot/slot-{i}",
-                                           record)
-        p = plan.build(ff.path, inp, enc, slaves, duration, font=font)
+                                           record, groups)
+        p = plan.build(ff.path, inp, enc, slaves, duration, font=font, groups=groups)
         mask = (lambda s: s) if show_keys else Redactor(secrets)
         typer.echo(f"# ffmpeg {ff.version}; {len(targets)} destination(s); keys {'shown' if show_keys else 'masked'}")
+        typer.echo(f"# {len(groups)} encode group(s): one decode, one encode per group")
+        for g in groups:
+            typer.echo(f"# group {g.index + 1}: {g.enc.describe()}: {', '.join(g.members) or '(no destination)'}")
         for t in targets:
             where = f"slot-{slot_of[t.name]} via restream's relay" if t.name in slot_of else "direct (SRT)"
             key = t.key if show_keys else prof.mask_key(t.key)
@@ -653,13 +749,16 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         typer.echo(mask(p.shell()))
         return EXIT_OK
 
+    if len(groups) > 1:
+        notice(f"{len(groups)} encode groups, one ffmpeg: " + "; ".join(
+            f"{g.enc.describe()}: {', '.join(g.members) or '(free slots)'}" for g in groups))
     redact = Redactor(secrets)
     watch = None
     if live_changes:
         def reload():
             from restream.selection import select
 
-            return _targets(select(prof.load(profile_name), only, skip, allow_empty=True))
+            return _targets(select(prof.load(profile_name), only, skip, allow_empty=True), enc, caps)
 
         watch = (paths.profile_path(profile_name), reload)
 
@@ -746,6 +845,8 @@ def go_cmd(
     size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="Scale to this size.")] = None,
     fps: Annotated[Optional[str], typer.Option("--fps", help="Convert to this frame rate.")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="Send the input's streams as they are (no encode).")] = False,
+    no_caps: Annotated[bool, typer.Option("--no-caps", help="Send every destination the broadcast's bitrate, even "
+                                          "over its platform's limit (only warn).")] = False,
     image: Annotated[Optional[Path], typer.Option(
         "--image", metavar="FILE", help="Audio-only input: show this picture (default: black).")] = None,
     ffmpeg: FfmpegOpt = None,
@@ -785,11 +886,11 @@ def go_cmd(
     if record:
         record = recording.check(recording.expand(record, p.name), overwrite=overwrite,
                                  inputs=(inp.target if inp.kind == "file" else None, inp.image))
-    _bitrate_warnings(dests, enc.video_bitrate_k, copy)
+    _bitrate_warnings(dests, enc, caps=not no_caps)
     code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
                       duration=seconds, dry_run=dry_run, show_keys=show_keys, mode=mode, quiet=quiet,
                       status_interval=status_interval, log_file=log_file, command_name="go", only=only, skip=skip,
-                      stall_timeout=_stall_timeout(stall_timeout))
+                      stall_timeout=_stall_timeout(stall_timeout), caps=not no_caps)
     raise typer.Exit(code)
 
 
@@ -929,8 +1030,7 @@ def relay_cmd(
         record = recording.check(recording.expand(record, p.name), overwrite=overwrite)
     enc = plan.Encoding(copy=not transcode, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
                         audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"))
-    if transcode:
-        _bitrate_warnings(dests, enc.video_bitrate_k, False)
+    _bitrate_warnings(dests, enc)
     if key_given:
         key = prof.validate_key(key_given)
         shown = f"{prof.mask_key(key)} (the key you gave)"

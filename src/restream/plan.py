@@ -2,14 +2,18 @@
 
 Nothing here touches the disk, the network or a process; everything is tested on strings.
 The argv is built by hand, in order (ffmpeg's meaning depends on option order; ffmpeg-python's builder sorts
-options alphabetically, so it is not used to compile it).
+options alphabetically and puts global options last, so it is not used to compile it). The filter graphs are built
+with ffmpeg-python: encode groups' (one decode, a ``split``, per group scale / centre crop / fps, the still's
+fit-and-pad: ``group_graph``) and one encode's ``-vf`` chain (``video_chain``). The lavfi sources given as inputs
+(the test card and its drawtext, the black still, the silence) stay strings: ffmpeg-python cannot make a node
+without an input (shown in tests/test_groups.py).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from restream.errors import UsageError
@@ -71,6 +75,103 @@ class Encoding:
     size: tuple[int, int] | None = None
     fps: float | None = None
     preset: str = "veryfast"
+    crop: str | None = None  # "9:16" or "1:1": a centre crop to that shape (at ``size``, else CROP_SIZES)
+
+    @property
+    def out_size(self) -> tuple[int, int] | None:
+        """The picture size this encode sends (None: the input's)."""
+        if self.crop and not self.size:
+            return CROP_SIZES[self.crop]
+        return self.size
+
+    def describe(self) -> str:
+        """One line for people: ``6000k video, 160k audio, 720x1280 (9:16 crop), 30 fps``, or ``copy``."""
+        if self.copy:
+            return "copy (no encode)"
+        parts = [f"{self.video_bitrate_k}k video", f"{self.audio_bitrate_k}k audio"]
+        size = self.out_size
+        if size:
+            parts.append(f"{size[0]}x{size[1]}" + (f" ({self.crop} crop)" if self.crop else ""))
+        if self.fps:
+            parts.append(f"{number(self.fps)} fps")
+        return ", ".join(parts)
+
+
+CROPS = ("9:16", "1:1")
+CROP_SIZES = {"9:16": (720, 1280), "1:1": (720, 720)}  # Shorts/TikTok/Instagram's vertical size; a square
+
+
+@dataclass(frozen=True)
+class Override:
+    """A destination's own encoding settings (profile); ``None`` everywhere: the broadcast's."""
+
+    video_bitrate_k: int | None = None
+    audio_bitrate_k: int | None = None
+    size: tuple[int, int] | None = None
+    fps: float | None = None
+    crop: str | None = None
+    copy: bool | None = None
+
+    @property
+    def encodes(self) -> bool:
+        """Settings that only an encode can give."""
+        return any(v is not None for v in (self.video_bitrate_k, self.audio_bitrate_k, self.size, self.fps,
+                                            self.crop))
+
+
+def effective(base: Encoding, own: Override, cap_video_k: int | None = None,
+              cap_audio_k: int | None = None) -> tuple[Encoding, str | None]:
+    """A destination's encoding: the broadcast's, with its own settings on top, and its platform's caps applied
+    to what it did not set itself. Returns (encoding, a note when a cap lowered it)."""
+    copy = own.copy if own.copy is not None else (base.copy and not own.encodes)
+    if copy:
+        return Encoding(copy=True, video_bitrate_k=base.video_bitrate_k, audio_bitrate_k=base.audio_bitrate_k,
+                        preset=base.preset), None
+    enc = Encoding(
+        copy=False,
+        video_bitrate_k=own.video_bitrate_k or base.video_bitrate_k,
+        audio_bitrate_k=own.audio_bitrate_k or base.audio_bitrate_k,
+        size=own.size if own.size is not None else (None if own.crop else base.size),
+        fps=own.fps if own.fps is not None else base.fps,
+        preset=base.preset,
+        crop=own.crop)
+    notes = []
+    if cap_video_k and own.video_bitrate_k is None and enc.video_bitrate_k > cap_video_k:
+        notes.append(f"video {enc.video_bitrate_k}k -> {cap_video_k}k")
+        enc = replace(enc, video_bitrate_k=cap_video_k)
+    if cap_audio_k and own.audio_bitrate_k is None and enc.audio_bitrate_k > cap_audio_k:
+        notes.append(f"audio {enc.audio_bitrate_k}k -> {cap_audio_k}k")
+        enc = replace(enc, audio_bitrate_k=cap_audio_k)
+    return enc, ("capped: " + ", ".join(notes)) if notes else None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Destinations with identical encoding settings: one encode (one video and one audio stream in the output,
+    ``v:index`` and ``a:index``) for all of them."""
+
+    index: int
+    enc: Encoding
+    members: tuple[str, ...]
+
+    @property
+    def select(self) -> str:
+        """The tee slave option that picks this group's streams."""
+        return f"v:{self.index},a:{self.index}"
+
+
+def groups(encodings: list[tuple[str, Encoding]], default: Encoding) -> tuple[Group, ...]:
+    """Group destinations by encoding, in order of first appearance; the broadcast's own encoding (``default``)
+    first when someone uses it. Destinations that only differ in nothing share one encode."""
+    order: list[Encoding] = []
+    if any(e == default for _, e in encodings):
+        order.append(default)
+    for _, e in encodings:
+        if e not in order:
+            order.append(e)
+    if not order:
+        order.append(default)
+    return tuple(Group(i, e, tuple(n for n, x in encodings if x == e)) for i, e in enumerate(order))
 
 
 @dataclass(frozen=True)
@@ -316,17 +417,9 @@ def encode_args(inp: Input, enc: Encoding) -> list[str]:
         return copy_args(inp, enc)
     fps = enc.fps or (30 if inp.kind == "test" else STILL_FPS if inp.still else inp.fps)
     args: list[str] = []
-    filters = []
-    if inp.still and inp.image:  # a cover of any size, fitted into the frame on black
-        w, h = enc.size or STILL_SIZE
-        filters.append(f"scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,"
-                       "setsar=1")
-    elif enc.size and inp.kind != "test" and not inp.still:
-        filters.append(f"scale={enc.size[0]}:{enc.size[1]}")
-    if enc.fps and inp.kind != "test" and not inp.still:
-        filters.append(f"fps={number(enc.fps)}")
-    if filters:
-        args += ["-vf", ",".join(filters)]
+    chain = video_chain(inp, enc)
+    if chain:
+        args += ["-vf", chain]
     v = enc.video_bitrate_k
     args += ["-c:v", "libx264", "-preset", enc.preset, "-profile:v", "high", "-pix_fmt", "yuv420p",
              "-b:v", f"{v}k", "-maxrate", f"{v}k", "-bufsize", f"{2 * v}k", "-sc_threshold", "0"]
@@ -339,27 +432,173 @@ def encode_args(inp: Input, enc: Encoding) -> list[str]:
 
 
 def build(ffmpeg: str, inp: Input, enc: Encoding, slaves: tuple[Slave, ...], duration: float | None = None,
-          queue_size: int = 600, font: str | None = None, secrets: tuple[str, ...] = ()) -> Plan:
-    """The whole argv: one input, one encode, one tee with an isolated, self-healing slave per output."""
+          queue_size: int = 600, font: str | None = None, secrets: tuple[str, ...] = (),
+          groups: tuple[Group, ...] | None = None) -> Plan:
+    """The whole argv: one input, one encode per group (``groups``; default: one, ``enc``), one tee with an
+    isolated, self-healing slave per output (each selecting its group's streams when there are several)."""
     if not slaves:
         raise UsageError("nothing to send to: no destination selected")
-    if enc.copy and inp.still:
+    several = groups is not None and (len(groups) > 1 or groups[0].enc.crop is not None)
+    if groups is not None and not several:
+        enc = groups[0].enc
+    copying = enc.copy if not several else any(g.enc.copy for g in groups or ())
+    if copying and inp.still:
         raise UsageError("--copy cannot add a picture to an audio-only input: leave out --copy (the picture is "
-                         "encoded once)")
-    if enc.copy and flv_tags_needed(inp) and any(s.name == "record" and s.format not in ("flv", "mpegts")
-                                                 for s in slaves):
+                         "encoded once)" if not several else "a destination set to copy cannot get a picture for "
+                         "an audio-only input: restream edit NAME --encode")
+    if copying and flv_tags_needed(inp) and any(s.name == "record" and s.format not in ("flv", "mpegts")
+                                                for s in slaves):
         raise UsageError("--copy from this input can only be recorded as .flv or .ts (the stream keeps FLV codec "
                          "tags that MP4 and Matroska refuse)")
     argv = [ffmpeg, "-hide_banner", "-loglevel", "level+info", "-progress", "pipe:1", "-stats_period", "0.5",
             "-nostats"]
     argv += input_args(inp, enc, font)
-    argv += stream_maps(inp)
-    argv += encode_args(inp, enc)
+    if several:
+        assert groups is not None
+        argv += group_args(inp, enc, groups)
+    else:
+        argv += stream_maps(inp)
+        argv += encode_args(inp, enc)
     if duration is not None:
         argv += ["-t", number(duration)]
     argv += ["-flags", "+global_header", "-f", "tee", "-use_fifo", "1", "-fifo_options", fifo_options(queue_size),
              tee_target(slaves)]
     return Plan(tuple(argv), slaves, secrets)
+
+
+# -- encode groups --------------------------------------------------------------------------------------------------
+
+def _sources(inp: Input) -> tuple[str, str]:
+    """(video, audio) input stream specifiers, as ``stream_maps`` maps them."""
+    if inp.still:
+        return "1:v:0", "0:a:0"
+    if inp.silence or inp.kind == "test" or (inp.kind == "device" and inp.audio):
+        return "0:v:0", "1:a:0"
+    return "0:v:0", "0:a:0?"
+
+
+def _made(inp: Input, base: Encoding) -> tuple[tuple[int, int] | None, float | None]:
+    """The size and rate of a picture restream makes itself (the test card, a still), else (None, None)."""
+    if inp.kind == "test":
+        return base.size or (1280, 720), base.fps or 30
+    if inp.still:
+        return base.size or STILL_SIZE, base.fps or STILL_FPS
+    return None, None
+
+
+def _fit(v, inp: Input, made_size: tuple[int, int] | None):
+    """The still's cover, of any size, fitted into the frame on black (an ffmpeg-python node)."""
+    if inp.still and inp.image:
+        w, h = made_size or STILL_SIZE
+        v = (v.filter("scale", w, h, force_original_aspect_ratio="decrease")
+             .filter("pad", w, h, "(ow-iw)/2", "(oh-ih)/2").filter("setsar", 1))
+    return v
+
+
+def _shape(v, enc: Encoding, made: tuple[tuple[int, int] | None, float | None]):
+    """One encode's picture (an ffmpeg-python node): scaled, or centre-cropped to its shape, and converted to its
+    rate (what restream makes itself, the test card or a still, is made at the broadcast's size and rate)."""
+    made_size, made_fps = made
+    if enc.crop:
+        w, h = enc.out_size or CROP_SIZES[enc.crop]
+        v = v.filter("scale", w, h, force_original_aspect_ratio="increase").filter("crop", w, h).filter("setsar", 1)
+    elif enc.size and enc.size != made_size:
+        v = v.filter("scale", enc.size[0], enc.size[1])
+    if enc.fps and enc.fps != made_fps:
+        v = v.filter("fps", number(enc.fps))
+    return v
+
+
+def _compile(*streams) -> tuple[str | None, list[str]]:
+    """ffmpeg-python compiles the graph: (``-filter_complex`` text or None, the ``-map`` of each stream)."""
+    import ffmpeg
+
+    args = ffmpeg.output(*streams, "-").get_args()
+    graph = args[args.index("-filter_complex") + 1] if "-filter_complex" in args else None
+    return graph, [args[i + 1] for i, a in enumerate(args) if a == "-map"]
+
+
+def video_chain(inp: Input, enc: Encoding) -> str | None:
+    """One encode's filters as a ``-vf`` chain (built with ffmpeg-python, its labels taken out), or None."""
+    import ffmpeg
+
+    src = ffmpeg.input("picture").video
+    made = _made(inp, enc)
+    v = _shape(_fit(src, inp, made[0]), enc, made)
+    if v is src:
+        return None
+    graph, _ = _compile(v)
+    assert graph is not None
+    return ",".join(re.sub(r"^(\[[^\]]*\])+|(\[[^\]]*\])+$", "", part) for part in graph.split(";"))
+
+
+def group_graph(inp: Input, base: Encoding, groups: tuple[Group, ...]) -> tuple[str | None, list[str]]:
+    """The filter graph, built with ffmpeg-python: the picture decoded once, ``split`` into one branch per
+    encoded group, each scaled / centre-cropped / converted to its rate. Returns (graph or None, the video map
+    of each encoded group)."""
+    import ffmpeg
+
+    video, _ = _sources(inp)
+    made = _made(inp, base)
+    # ffmpeg-python numbers the inputs it sees, and this graph sees one: its label is set to the real input's below
+    src = ffmpeg.input("picture").video
+    fitted = _fit(src, inp, made[0])
+    encoded = [g for g in groups if not g.enc.copy]
+    branches = fitted.split() if len(encoded) > 1 else None
+    outs = []
+    for k, g in enumerate(encoded):
+        v = _shape(branches[k] if branches is not None else fitted, g.enc, made)
+        outs.append(None if v is src else v)  # None: no filter at all, the input's picture is mapped as it is
+    named = [v for v in outs if v is not None]
+    if not named:
+        return None, [video] * len(outs)
+    graph, labels = _compile(*named)
+    if graph is not None:
+        graph = graph.replace("[0:v]", f"[{video}]", 1)
+    found = iter(labels)
+    maps = []
+    for v in outs:
+        label = video if v is None else next(found)
+        maps.append(video if label in ("0:v", "0") else label)
+    return graph, maps
+
+
+def group_args(inp: Input, base: Encoding, groups: tuple[Group, ...]) -> list[str]:
+    """Several encodes in one process: the graph, then per group a video and an audio stream (``v:i``, ``a:i``),
+    each with its own encoder settings (options with a stream specifier, so nothing depends on their order)."""
+    video, audio = _sources(inp)
+    graph, vmaps = group_graph(inp, base, groups)
+    maps = iter(vmaps)
+    args: list[str] = ["-filter_complex", graph] if graph else []
+    for g in groups:
+        args += ["-map", video if g.enc.copy else next(maps), "-map", audio]
+    if inp.still or inp.silence:
+        args.append("-shortest")
+    _, made_fps = _made(inp, base)
+    for g in groups:
+        i, e = g.index, g.enc
+        if e.copy:
+            args += [f"-c:v:{i}", "copy"]
+            if flv_tags_needed(inp) and inp.video_codec in (None, "h264"):
+                args += [f"-tag:v:{i}", "7"]
+        else:
+            v = e.video_bitrate_k
+            args += [f"-c:v:{i}", "libx264", f"-preset:v:{i}", e.preset, f"-profile:v:{i}", "high",
+                     f"-pix_fmt:v:{i}", "yuv420p", f"-b:v:{i}", f"{v}k", f"-maxrate:v:{i}", f"{v}k",
+                     f"-bufsize:v:{i}", f"{2 * v}k", f"-sc_threshold:v:{i}", "0"]
+            fps = e.fps or made_fps or inp.fps
+            if fps:
+                gop = round(2 * fps)
+                args += [f"-g:v:{i}", str(gop), f"-keyint_min:v:{i}", str(gop)]
+            args += [f"-force_key_frames:v:{i}", "expr:gte(t,n_forced*2)"]
+        if e.copy and not inp.silence:
+            args += [f"-c:a:{i}", "copy"]
+            if flv_tags_needed(inp) and inp.audio_codec in (None, "aac"):
+                args += [f"-tag:a:{i}", "10"]
+        else:
+            args += [f"-c:a:{i}", "aac", f"-b:a:{i}", f"{e.audio_bitrate_k}k", f"-ar:a:{i}", "48000",
+                     f"-ac:a:{i}", "2"]
+    return args
 
 
 def find_font(exists=lambda p: Path(p).is_file()) -> str | None:

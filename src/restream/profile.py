@@ -31,6 +31,11 @@ SCHEMES = ("rtmp", "rtmps", "srt")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,40}")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIELDS = ("name", "server_url", "stream_key", "stream_key_env", "enabled", "platform", "ca_file")
+# issue 14: a destination's own encoding (all optional; the broadcast's options are the default)
+ENCODING_FIELDS = ("video_bitrate", "audio_bitrate", "size", "fps", "crop", "copy")
+_FIELDS += ENCODING_FIELDS
+CROPS = ("9:16", "1:1")
+_SIZE_RE = re.compile(r"(\d{2,5})x(\d{2,5})")
 MASK = "••••"
 
 
@@ -43,6 +48,29 @@ class Destination:
     enabled: bool = True
     platform: str | None = None
     ca_file: str | None = None
+    # -- its own encoding (issue 14); None: the broadcast's --------------------------------------------------------
+    video_bitrate: int | None = None  # kbit/s
+    audio_bitrate: int | None = None  # kbit/s
+    size: str | None = None  # "WIDTHxHEIGHT"
+    fps: float | None = None
+    crop: str | None = None  # "9:16" (centre crop to a vertical picture) or "1:1"
+    copy: bool | None = None  # True: pass the source through; False: always encode
+
+    def encoding(self) -> dict:
+        """Its own encoding settings (only those set), as in the profile."""
+        return {k: getattr(self, k) for k in ENCODING_FIELDS if getattr(self, k) is not None}
+
+    def describe_encoding(self) -> str:
+        """``video 6000k, size 720x1280, crop 9:16``; ``-`` when it has none."""
+        parts = []
+        for k, v in self.encoding().items():
+            if k == "copy":
+                parts.append("copy" if v else "encode")
+            elif k in ("video_bitrate", "audio_bitrate"):
+                parts.append(f"{k.split('_')[0]} {v}k")
+            else:
+                parts.append(f"{k} {int(v) if k == 'fps' and v == int(v) else v}")
+        return ", ".join(parts) or "-"
 
     @property
     def scheme(self) -> str:
@@ -169,8 +197,10 @@ def make_destination(
     enabled: bool = True,
     platform: str | None = None,
     ca_file: str | None = None,
+    **encoding,
 ) -> Destination:
-    """Build a validated destination; raises UsageError naming the first problem."""
+    """Build a validated destination; raises UsageError naming the first problem. ``encoding``: its own
+    encoding settings (ENCODING_FIELDS)."""
     validate_name(name)
     validate_url(server_url)
     if stream_key is not None and stream_key_env is not None:
@@ -187,7 +217,36 @@ def make_destination(
         raise UsageError("'platform' must be a string")
     if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
         raise UsageError("'ca_file' must be a path")
-    return Destination(name, server_url, stream_key, stream_key_env, enabled, platform, ca_file)
+    return Destination(name, server_url, stream_key, stream_key_env, enabled, platform, ca_file,
+                       **validate_encoding(encoding))
+
+
+def validate_encoding(values: dict) -> dict:
+    """A destination's own encoding settings, checked (``None`` values mean "the broadcast's")."""
+    unknown = sorted(set(values) - set(ENCODING_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown encoding setting(s): {', '.join(unknown)}")
+    out = {k: v for k, v in values.items() if v is not None}
+    for k in ("video_bitrate", "audio_bitrate"):
+        if k in out and (type(out[k]) is not int or not 16 <= out[k] <= 100_000):
+            raise UsageError(f"'{k}' must be a whole number of kbit/s from 16 to 100000 (e.g. 6000)")
+    if "size" in out:
+        m = _SIZE_RE.fullmatch(out["size"]) if isinstance(out["size"], str) else None
+        if not m or int(m.group(1)) % 2 or int(m.group(2)) % 2:
+            raise UsageError("'size' must be \"WIDTHxHEIGHT\" with even numbers, e.g. \"720x1280\"")
+    if "fps" in out:
+        if type(out["fps"]) not in (int, float) or not 1 <= out["fps"] <= 240:
+            raise UsageError("'fps' must be a number from 1 to 240")
+        out["fps"] = float(out["fps"])
+    if "crop" in out and out["crop"] not in CROPS:
+        raise UsageError(f"'crop' must be one of {', '.join(CROPS)}")
+    if "copy" in out:
+        if not isinstance(out["copy"], bool):
+            raise UsageError("'copy' must be true or false")
+        if out["copy"] and len(out) > 1:
+            raise UsageError("'copy = true' passes the source through: it cannot go with "
+                             f"{', '.join(k for k in out if k != 'copy')} (those need an encode)")
+    return out
 
 
 def resolve_key(dest: Destination, environ: dict[str, str] | os._Environ = os.environ) -> str | None:
@@ -227,6 +286,7 @@ def to_document(profile: Profile, include_keys: bool = True) -> dict:
             item["platform"] = d.platform
         if d.ca_file:
             item["ca_file"] = d.ca_file
+        item.update(d.encoding())
         dests.append(item)
     return {"version": FORMAT_VERSION, "destinations": dests}
 

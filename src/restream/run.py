@@ -49,6 +49,7 @@ class Target:
     server_url: str
     key: str | None
     ca_file: str | None = None
+    enc: plan.Encoding | None = None  # its own encoding (settings, caps); None: the broadcast's
 
     @property
     def via_relay(self) -> bool:
@@ -67,10 +68,28 @@ class Target:
         return f"Target(name={self.name!r}, server_url={self.server_url!r}, key='••••')"
 
 
-def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | None = None
-           ) -> tuple[tuple[plan.Slave, ...], dict[str, int], int]:
+def encode_groups(targets: list[Target], enc: plan.Encoding) -> tuple[plan.Group, ...]:
+    """Destinations with the same encoding share one encode (the broadcast's own encoding first)."""
+    return plan.groups([(t.name, t.enc or enc) for t in targets], enc)
+
+
+def slot_groups(targets: list[Target], groups: tuple[plan.Group, ...]) -> dict[int, int]:
+    """Relay slot -> the encode group it carries: each destination's slot its group's; the free slots (for
+    destinations added while live) go round the groups, the first (the broadcast's own encoding) first."""
+    group_of = {name: g.index for g in groups for name in g.members}
+    relay = [t for t in targets if t.via_relay]
+    out = {i: group_of.get(t.name, 0) for i, t in enumerate(relay)}
+    free = range(len(relay), SLOTS - (len(targets) - len(relay)))
+    for k, slot in enumerate(free):
+        out[slot] = groups[k % len(groups)].index if groups else 0
+    return out
+
+
+def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | None = None,
+           groups: tuple[plan.Group, ...] | None = None) -> tuple[tuple[plan.Slave, ...], dict[str, int], int]:
     """The tee's slaves: one relay slot per RTMP(S) destination plus free slots up to five (for destinations
-    added while live), a direct slave per SRT destination, and the recording. Returns (slaves, slot_of, slots)."""
+    added while live), a direct slave per SRT destination, and the recording. Returns (slaves, slot_of, slots).
+    With several encode ``groups`` each slave selects its group's streams (the recording: the first group's)."""
     srt = [t for t in targets if not t.via_relay]
     relay_slots = SLOTS - len(srt)
     slaves = [plan.relay_slave(f"slot-{i}", slot_url(i)) for i in range(relay_slots)]
@@ -78,6 +97,19 @@ def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | 
     if record:
         slaves.append(plan.record_slave(record))
     slot_of = {t.name: i for i, t in enumerate(t for t in targets if t.via_relay)}
+    if groups is not None and (len(groups) > 1 or groups[0].enc.crop):
+        from dataclasses import replace
+
+        by_slot = slot_groups(targets, groups)
+        group_of = {name: g for g in groups for name in g.members}
+        picked = []
+        for s in slaves:
+            if s.name.startswith("slot-"):
+                g = groups[by_slot[int(s.name[5:])]]
+            else:
+                g = group_of.get(s.name, groups[0])
+            picked.append(replace(s, options=s.options + (("select", g.select),)))
+        slaves = picked
     return tuple(slaves), slot_of, relay_slots
 
 
@@ -143,6 +175,8 @@ class Broadcast:
         self._signalled = False            # restream had to signal ffmpeg to end it
         self._judged = False               # the verdicts were taken (lifecycle.StopBegan)
         self.relay_slots = SLOTS
+        self.groups: tuple[plan.Group, ...] = ()
+        self.slot_group: dict[int, int] = {}
         self.watch = watch
         self.gate, self.once = gate, once  # relay mode: an ingest.IngestGate in front of ffmpeg's listener
         self.on_ready = on_ready
@@ -198,14 +232,28 @@ class Broadcast:
     # -- slots ------------------------------------------------------------------------------------------------
 
     def _slaves(self) -> tuple[plan.Slave, ...]:
-        slaves, self.slot_of, self.relay_slots = layout(list(self.targets.values()), self.relay.slave_url,
-                                                        self.record)
+        targets = list(self.targets.values())
+        self.groups = encode_groups(targets, self.enc)
+        self.slot_group = slot_groups(targets, self.groups)
+        slaves, self.slot_of, self.relay_slots = layout(targets, self.relay.slave_url, self.record, self.groups)
         self.record_index = len(slaves) - 1 if self.record else None
         return slaves
 
-    def free_slots(self) -> list[int]:
+    def free_slots(self, enc: plan.Encoding | None = None) -> list[int]:
+        """Free relay slots (``enc``: those carrying that encoding's group)."""
         used = set(self.slot_of.values())
-        return [s for s in range(self.relay_slots) if s not in used]
+        free = [s for s in range(self.relay_slots) if s not in used]
+        if enc is None or not self.groups:
+            return free
+        return [s for s in free if self.groups[self.slot_group.get(s, 0)].enc == enc]
+
+    def _group_problem(self, t: Target) -> str | None:
+        """A destination whose encoding no running encode has cannot join while live."""
+        enc = t.enc or self.enc
+        if any(g.enc == enc for g in self.groups):
+            return None
+        return (f"{t.name}: its encoding ({enc.describe()}) needs an encoder this broadcast does not run; it applies "
+                "at the next 'restream go'")
 
     def apply(self, targets: list[Target]) -> list[str]:
         """Change the running broadcast to ``targets`` (live add/remove/edit); returns problems, if any."""
@@ -218,6 +266,14 @@ class Broadcast:
             old = self.targets[name]
             new = wanted.get(name)
             if new == old:
+                continue
+            if new is not None and (problem := self._group_problem(new)) is not None:
+                problems.append(problem)  # the destination stays on air as it was
+                continue
+            if new is not None and (new.enc or self.enc) != (old.enc or self.enc) \
+                    and not self.free_slots(new.enc or self.enc):
+                problems.append(f"{name}: no free slot carries its new encoding ({(new.enc or self.enc).describe()});"
+                                " it applies at the next 'restream go'")
                 continue
             if not old.via_relay:
                 problems.append(f"{name}: SRT destinations cannot be changed while live")
@@ -233,9 +289,14 @@ class Broadcast:
             if not t.via_relay:
                 problems.append(f"{name}: SRT destinations cannot be added while live")
                 continue
-            free = self.free_slots()
+            if (problem := self._group_problem(t)) is not None:
+                problems.append(problem)
+                continue
+            free = self.free_slots(t.enc or self.enc)
             if not free:
-                problems.append(f"{name}: all {SLOTS} slots are in use")
+                problems.append(f"{name}: all {SLOTS} slots are in use" if not self.free_slots() else
+                                f"{name}: no free slot carries its encoding ({(t.enc or self.enc).describe()}); "
+                                "it applies at the next 'restream go'")
                 continue
             self.targets[name] = t
             self.slot_of[name] = free[0]
@@ -299,7 +360,8 @@ class Broadcast:
         try:
             slaves = self._slaves()
             self._quiet_ports = {str(p) for p in self.relay.ports}
-            p = plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration, self.queue_size, self.font)
+            p = plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration, self.queue_size, self.font,
+                           groups=self.groups)
             if self.gate is not None:
                 self.gate.sink = self.ingest_input
                 try:
