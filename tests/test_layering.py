@@ -18,7 +18,7 @@ MODULES = sorted(SRC.glob("*.py"))
 # top-level package -> the only modules (stems) allowed to import it
 ALLOWED = {
     "rich": {"view", "tables", "cli"},
-    "subprocess": {"discover", "run", "check", "doctor", "schedule", "demo"},
+    "subprocess": {"discover", "run", "check", "doctor", "schedule", "demo", "keysource"},
     "ffmpeg": {"plan"},
 }
 

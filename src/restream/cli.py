@@ -235,16 +235,35 @@ def _edit(profile: str, change):
 # -- keys ---------------------------------------------------------------------------------------------------------
 
 def _key_from_options(key: str | None, key_env: str | None, key_stdin: bool, required: bool,
-                      no_key: bool = False) -> tuple[str | None, str | None, bool]:
-    """Return (stream_key, stream_key_env, given) from the mutually exclusive key options."""
+                      no_key: bool = False, key_file: str | None = None,
+                      key_cmd: str | None = None) -> tuple[dict, bool]:
+    """Return ({stream_key, stream_key_env, stream_key_file, stream_key_cmd}, given) from the mutually exclusive
+    key options."""
+    fields: dict = dict.fromkeys(("stream_key", "stream_key_env", "stream_key_file", "stream_key_cmd"))
     chosen = [k for k, v in (("--key", key is not None), ("--key-env", key_env is not None),
-                             ("--key-stdin", key_stdin), ("--no-key", no_key)) if v]
+                             ("--key-stdin", key_stdin), ("--key-file", key_file is not None),
+                             ("--key-cmd", key_cmd is not None), ("--no-key", no_key)) if v]
     if len(chosen) > 1:
         raise UsageError(f"{' and '.join(chosen)} cannot be used together: give the key one way")
     if key is not None:
-        return prof.validate_key(key), None, True
+        return {**fields, "stream_key": prof.validate_key(key)}, True
     if key_env is not None:
-        return None, prof.validate_env_name(key_env), True
+        return {**fields, "stream_key_env": prof.validate_env_name(key_env)}, True
+    if key_file is not None:
+        path = prof.validate_key_file(key_file)
+        if not path.startswith(("~", "$", "/")):
+            path = os.path.abspath(path)  # read later, from wherever restream go runs
+        return {**fields, "stream_key_file": path}, True
+    if key_cmd is not None:
+        import shlex
+
+        try:
+            argv = shlex.split(key_cmd)
+        except ValueError as exc:  # not echoed: the command line may hold a secret
+            raise UsageError(f"--key-cmd: cannot split the command ({exc}); quote it as a shell would") from None
+        if not argv:
+            raise UsageError("--key-cmd: the command is empty")
+        return {**fields, "stream_key_cmd": prof.validate_key_cmd(argv)}, True
     if key_stdin:
         data = sys.stdin.readline()
         if data.endswith("\n"):
@@ -253,11 +272,11 @@ def _key_from_options(key: str | None, key_env: str | None, key_stdin: bool, req
                 data = data[:-1]
         if not data:
             raise UsageError("--key-stdin: no key on standard input")
-        return prof.validate_key(data), None, True
+        return {**fields, "stream_key": prof.validate_key(data)}, True
     if no_key:
-        return None, None, True
+        return fields, True
     if not required:
-        return None, None, False
+        return fields, False
     if sys.stdin.isatty():
         import getpass
 
@@ -269,8 +288,9 @@ def _key_from_options(key: str | None, key_env: str | None, key_stdin: bool, req
         except KeyboardInterrupt:
             typer.echo("", err=True)
             raise typer.Exit(EXIT_SIGINT) from None
-        return prof.validate_key(entered), None, True
-    raise UsageError("no stream key given and no terminal to ask on: use --key, --key-env VAR or --key-stdin")
+        return {**fields, "stream_key": prof.validate_key(entered)}, True
+    raise UsageError("no stream key given and no terminal to ask on: use --key, --key-env VAR, --key-stdin, "
+                     "--key-file FILE or --key-cmd CMD")
 
 
 KeyOpt = Annotated[Optional[str], typer.Option("--key", metavar="KEY",
@@ -278,6 +298,17 @@ KeyOpt = Annotated[Optional[str], typer.Option("--key", metavar="KEY",
 KeyEnvOpt = Annotated[Optional[str], typer.Option("--key-env", metavar="VAR",
                                                   help="Read the key from this environment variable when going live.")]
 KeyStdinOpt = Annotated[bool, typer.Option("--key-stdin", help="Read the key from the first line of standard input.")]
+KeyFileOpt = Annotated[Optional[str], typer.Option(
+    "--key-file", metavar="FILE", help="Read the key from this file when going live (a secret mount; $VARS such as "
+    "$CREDENTIALS_DIRECTORY are expanded then: quote them).")]
+KeyCmdOpt = Annotated[Optional[str], typer.Option(
+    "--key-cmd", metavar="CMD", help="Run this command when going live (split like a shell would, run without one; "
+    "10 s at most); the first line it prints is the key, e.g. 'pass show youtube'.")]
+BackupUrlOpt = Annotated[Optional[str], typer.Option(
+    "--backup-url", metavar="URL", help="A backup ingest (rtmp:// or rtmps://) for the same key.")]
+BackupModeOpt = Annotated[Optional[str], typer.Option(
+    "--backup-mode", metavar="failover", help="failover (default): switch to the backup when the primary fails "
+    "(3 attempts or 5 s) and stay there until it fails.")]
 
 # A destination's own encoding (issue 14): 'default' removes a setting (the broadcast's applies again).
 DestVideoBitrateOpt = Annotated[Optional[str], typer.Option(
@@ -331,9 +362,15 @@ def add_cmd(
     key: KeyOpt = None,
     key_env: KeyEnvOpt = None,
     key_stdin: KeyStdinOpt = False,
+    key_file: KeyFileOpt = None,
+    key_cmd: KeyCmdOpt = None,
     no_key: Annotated[bool, typer.Option("--no-key", help="The URL needs no separate key.")] = False,
     platform: Annotated[Optional[str], typer.Option("--platform", help="Platform preset (see: restream platforms).")] = None,
     ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="CA bundle to verify this RTMPS server with.")] = None,
+    backup: Annotated[bool, typer.Option("--backup", help="Add the platform's backup ingest (YouTube's "
+                                         "b.rtmp.youtube.com) for failover.")] = False,
+    backup_url: BackupUrlOpt = None,
+    backup_mode: BackupModeOpt = None,
     disabled: Annotated[bool, typer.Option("--disabled", help="Add it switched off.")] = False,
     video_bitrate: DestVideoBitrateOpt = None,
     audio_bitrate: DestAudioBitrateOpt = None,
@@ -356,9 +393,19 @@ def add_cmd(
             raise UsageError(f"{preset.title} hands out the ingest URL per account or event: give it with --url")
         url = preset.default_url
     prof.validate_url(url)
-    skey, kenv, _ = _key_from_options(key, key_env, key_stdin, required=True, no_key=no_key)
-    dest = prof.make_destination(name, url, skey, kenv, not disabled, preset.name if preset else None,
-                                 str(ca_file) if ca_file else None, **encoding)
+    if backup and backup_url is not None:
+        raise UsageError("--backup and --backup-url cannot be used together: --backup takes the platform's")
+    if backup:
+        if preset is None or preset.backup_url is None:
+            raise UsageError(f"{preset.title if preset else repr(name)} has no backup ingest preset: give one with "
+                             "--backup-url URL")
+        backup_url = preset.backup_url
+    keys, _ = _key_from_options(key, key_env, key_stdin, required=True, no_key=no_key, key_file=key_file,
+                                key_cmd=key_cmd)
+    kenv = keys["stream_key_env"]
+    dest = prof.make_destination(name, url, enabled=not disabled, platform=preset.name if preset else None,
+                                 ca_file=str(ca_file) if ca_file else None, backup_url=backup_url,
+                                 backup=backup_mode, **keys, **encoding)
     _edit(profile, lambda p: p.added(dest))
     typer.echo(f"added {dest.name} -> {mask_url(dest.server_url)}" + ("" if dest.enabled else " (disabled)"))
     if dest.scheme in ("rtmp", "rtmps") and url_secrets(dest.server_url):
@@ -366,6 +413,15 @@ def add_cmd(
     if kenv and not os.environ.get(kenv):
         warn(f"${kenv} is not set in this shell: set it (export {kenv}=…) wherever you run restream go, "
              "or store the key instead (restream edit " + dest.name + " --key-stdin)")
+    if dest.stream_key_file:
+        from restream import keysource
+
+        try:
+            if not Path(keysource.expand_path(dest.stream_key_file)).is_file():
+                warn("the key file does not exist (yet): restream reads it when going live")
+        except KeyError as exc:
+            warn(f"the key file is under ${exc.args[0]}, which is not set in this shell: it must be set wherever "
+                 "restream go runs")
     _warn_srt_key(dest)
 
 
@@ -377,7 +433,7 @@ def _warn_srt_key(d: prof.Destination) -> None:
     if parts.scheme.lower() != "srt":
         return
     query = parse_qs(parts.query)
-    if d.stream_key or d.stream_key_env or "streamid" in query or "passphrase" in query:
+    if d.key_source() != "none" or "streamid" in query or "passphrase" in query:
         warn(f"{d.name}: ffmpeg accepts an SRT key (streamid) or passphrase only on its command line, so while "
              "live any local user can read it with `ps` (unless /proc is mounted with hidepid=2); RTMP(S) keys "
              "never appear there")
@@ -387,10 +443,20 @@ def _dest_dict(d: prof.Destination, show_keys: bool) -> dict:
     key = d.stream_key if show_keys else prof.mask_key(d.stream_key)
     out = {"name": d.name, "server_url": d.server_url if show_keys else mask_url(d.server_url), "stream_key": key or None,
            "stream_key_env": d.stream_key_env, "enabled": d.enabled, "platform": d.platform}
+    source = d.key_source()
+    out["key_source"] = "env" if source.startswith("$") else source
+    if show_keys:  # where the key is read from (never what it reads): only with --show-keys
+        if d.stream_key_file:
+            out["stream_key_file"] = d.stream_key_file
+        if d.stream_key_cmd:
+            out["stream_key_cmd"] = list(d.stream_key_cmd)
     if d.ca_file:
         out["ca_file"] = d.ca_file
     if d.encoding():
         out["encoding"] = d.encoding()
+    if d.backup_url:
+        out["backup_url"] = d.backup_url if show_keys else mask_url(d.backup_url)
+        out["backup"] = d.backup_mode
     return out
 
 
@@ -410,9 +476,13 @@ def list_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = Fal
     columns = [("NAME", "name"), ("ON", "enabled"), ("SERVER URL", "server_url"), ("KEY", "key")]
     if any(d.encoding() for d in p.destinations):
         columns.append(("ENCODING", "encoding"))
+    if any(r.get("backup_url") for r in rows):
+        columns.append(("BACKUP", "backup"))
     table(columns,
           [{**r, "enabled": "yes" if r["enabled"] else "no", "encoding": d.describe_encoding(),
-            "key": r["stream_key"] or (f"${r['stream_key_env']}" if r["stream_key_env"] else "-")}
+            "key": r["stream_key"] or (f"${r['stream_key_env']}" if r["stream_key_env"] else
+                                       r["key_source"] if r["key_source"] in ("file", "command") else "-"),
+            "backup": "-" if not r.get("backup_url") else r["backup"]}
            for r, d in zip(rows, p.destinations)],
           title=f"profile {p.name} ({p.path})")
     live = len(p.enabled())
@@ -447,6 +517,8 @@ def edit_cmd(
     key: KeyOpt = None,
     key_env: KeyEnvOpt = None,
     key_stdin: KeyStdinOpt = False,
+    key_file: KeyFileOpt = None,
+    key_cmd: KeyCmdOpt = None,
     rename: Annotated[Optional[str], typer.Option("--rename", metavar="NEW", help="New name.")] = None,
     ca_file: Annotated[Optional[Path], typer.Option("--ca-file", help="CA bundle for this RTMPS server.")] = None,
     video_bitrate: DestVideoBitrateOpt = None,
@@ -455,28 +527,55 @@ def edit_cmd(
     fps: DestFpsOpt = None,
     crop: DestCropOpt = None,
     copy: DestCopyOpt = None,
+    backup: Annotated[bool, typer.Option("--backup", help="Add the platform's backup ingest.")] = False,
+    backup_url: BackupUrlOpt = None,
+    backup_mode: BackupModeOpt = None,
+    no_backup: Annotated[bool, typer.Option("--no-backup", help="Forget the backup ingest.")] = False,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
-    """Change a destination's URL, key, name or its own encoding."""
+    """Change a destination's URL, key, name, backup ingest or its own encoding."""
+    from dataclasses import fields
+
     encoding = _encoding_options(video_bitrate, audio_bitrate, size, fps, crop, copy)
-    skey, kenv, key_given = _key_from_options(key, key_env, key_stdin, required=False)
+    keys, key_given = _key_from_options(key, key_env, key_stdin, required=False, key_file=key_file,
+                                        key_cmd=key_cmd)
     if url is not None:
         prof.validate_url(url)
     if rename is not None:
         prof.validate_name(rename)
-    if url is None and not key_given and rename is None and ca_file is None and not encoding:
-        raise UsageError("nothing to change: give --url, --key/--key-env/--key-stdin, --rename, --ca-file or an "
-                         "encoding option (--video-bitrate, --audio-bitrate, --size, --fps, --crop, --copy/--encode)")
+    if sum((backup, backup_url is not None, no_backup)) > 1:
+        raise UsageError("--backup, --backup-url and --no-backup cannot be used together")
+    if no_backup and backup_mode is not None:
+        raise UsageError("--no-backup and --backup-mode cannot be used together")
+    backup_given = backup or backup_url is not None or no_backup or backup_mode is not None
+    if url is None and not key_given and rename is None and ca_file is None and not encoding and not backup_given:
+        raise UsageError("nothing to change: give --url, --key/--key-env/--key-stdin/--key-file/--key-cmd, "
+                         "--rename, --ca-file, --backup/--backup-url/--no-backup or an encoding option "
+                         "(--video-bitrate, --audio-bitrate, --size, --fps, --crop, --copy/--encode)")
 
     changed: list[prof.Destination] = []
 
     def change(p: prof.Profile) -> prof.Profile:
         old = p.get(name)
-        new = prof.make_destination(
-            rename or old.name, url or old.server_url,
-            skey if key_given else old.stream_key, kenv if key_given else old.stream_key_env,
-            old.enabled, old.platform, str(ca_file) if ca_file else old.ca_file,
-            **{**old.encoding(), **encoding})
+        values = {f.name: getattr(old, f.name) for f in fields(old)}
+        values.update(name=rename or old.name, server_url=url or old.server_url)
+        if key_given:
+            values.update(keys)
+        if ca_file:
+            values["ca_file"] = str(ca_file)
+        values.update(encoding)
+        if backup:
+            preset = platforms.get(old.platform) or platforms.get(old.name)
+            if preset is None or preset.backup_url is None:
+                raise UsageError(f"{old.name!r} has no platform backup ingest preset: give one with --backup-url URL")
+            values["backup_url"] = preset.backup_url
+        if backup_url is not None:
+            values["backup_url"] = backup_url
+        if no_backup:
+            values.update(backup_url=None, backup=None)
+        if backup_mode is not None:
+            values["backup"] = backup_mode
+        new = prof.make_destination(**values)
         changed[:] = [new]
         return p.replaced(old.name, new)
 
@@ -600,24 +699,30 @@ def _encoding_of(d, enc, caps: bool = True):
                           preset.max_audio_kbps if preset else None)
 
 
-def _targets(dests, enc=None, caps: bool = True) -> list:
-    """Ready-to-go targets; with the broadcast's ``enc``, each carries its own encoding (settings, caps)."""
+def _targets(dests, enc=None, caps: bool = True, resolve=None) -> list:
+    """Ready-to-go targets; with the broadcast's ``enc``, each carries its own encoding (settings, caps). Each key is
+    read from wherever it is kept (a file or a command: now, through ``resolve``, a keysource.Resolver that
+    remembers keys already read)."""
     from urllib.parse import urlsplit
 
+    from restream import keysource
     from restream.run import Target
+
+    resolve = resolve or keysource.Resolver()
 
     targets = []
     for d in dests:
         if d.scheme in ("rtmp", "rtmps") and url_secrets(d.server_url):
             raise UsageError(f"destination {d.name!r}: credentials in an RTMP URL ({mask_url(d.server_url)}) are not "
                              f"supported; give the key as the stream key: restream edit {d.name} --url URL --key-stdin")
-        key = prof.resolve_key(d)
+        key = resolve(d)
         parts = urlsplit(d.server_url)
         if key is None and d.scheme in ("rtmp", "rtmps") and len([p for p in parts.path.split("/") if p]) < 2:
             raise UsageError(f"destination {d.name!r} has no stream key (its URL has no stream name either): "
                              f"restream edit {d.name} --key-stdin")
         targets.append(Target(d.name, d.server_url, key, d.ca_file,
-                              _encoding_of(d, enc, caps)[0] if enc is not None else None))
+                              _encoding_of(d, enc, caps)[0] if enc is not None else None,
+                              backup_url=d.backup_url, backup_mode=d.backup_mode))
     return targets
 
 
@@ -705,7 +810,10 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
     from restream import view
     from restream.redact import Redactor
 
-    targets = _targets(dests, enc, caps)
+    from restream import keysource
+
+    resolver = keysource.Resolver()
+    targets = _targets(dests, enc, caps, resolver)
     groups = runner.encode_groups(targets, enc)
     copies = [t.name for t in targets if t.enc is not None and t.enc.copy]
     if copies and not enc.copy and inp.kind in ("test", "device"):
@@ -758,7 +866,7 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         def reload():
             from restream.selection import select
 
-            return _targets(select(prof.load(profile_name), only, skip, allow_empty=True), enc, caps)
+            return _targets(select(prof.load(profile_name), only, skip, allow_empty=True), enc, caps, resolver)
 
         watch = (paths.profile_path(profile_name), reload)
 

@@ -21,6 +21,7 @@ class Platform:
     audio_rate: int | None
     max_audio_kbps: int | None = None
     note: str = ""
+    backup_url: str | None = None  # a second ingest for the same key (``restream add NAME --backup``)
 
     @property
     def default_url(self) -> str | None:
@@ -31,7 +32,8 @@ PLATFORMS: dict[str, Platform] = {
     p.name: p
     for p in (
         Platform("youtube", "YouTube Live", "rtmp://a.rtmp.youtube.com/live2", None, False, 12000, 2, 48000,
-                 note="backup: rtmp://b.rtmp.youtube.com/live2?backup=1"),
+                 note="backup: rtmp://b.rtmp.youtube.com/live2?backup=1",
+                 backup_url="rtmp://b.rtmp.youtube.com/live2?backup=1"),
         Platform("youtube-rtmps", "YouTube Live (RTMPS)", None, "rtmps://a.rtmps.youtube.com:443/live2", False,
                  12000, 2, 48000),
         Platform("twitch", "Twitch", "rtmp://ingest.global-contribute.live-video.net/app", None, False, 6000, 2,

@@ -6,7 +6,9 @@ A profile is ``<config dir>/profiles/<name>.toml``::
     [[destinations]]
     name = "youtube"
     server_url = "rtmp://a.rtmp.youtube.com/live2"
-    stream_key = "xxxx-xxxx"        # or: stream_key_env = "YT_KEY"
+    stream_key = "xxxx-xxxx"        # or: stream_key_env = "YT_KEY", stream_key_file = "$CREDENTIALS_DIRECTORY/yt",
+                                    #     stream_key_cmd = ["pass", "show", "youtube"]  (keysource.py)
+    backup_url = "rtmp://b.rtmp.youtube.com/live2?backup=1"   # optional; backup = "failover" (default)
     enabled = true
 """
 
@@ -30,7 +32,9 @@ MAX_LIVE = 5
 SCHEMES = ("rtmp", "rtmps", "srt")
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,40}")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FIELDS = ("name", "server_url", "stream_key", "stream_key_env", "enabled", "platform", "ca_file")
+_FIELDS = ("name", "server_url", "stream_key", "stream_key_env", "enabled", "platform", "ca_file", "stream_key_file",
+           "stream_key_cmd", "backup_url", "backup")
+BACKUP_MODES = ("failover",)  # "both" (feed primary and backup at once) is not implemented yet
 # issue 14: a destination's own encoding (all optional; the broadcast's options are the default)
 ENCODING_FIELDS = ("video_bitrate", "audio_bitrate", "size", "fps", "crop", "copy")
 _FIELDS += ENCODING_FIELDS
@@ -55,6 +59,11 @@ class Destination:
     fps: float | None = None
     crop: str | None = None  # "9:16" (centre crop to a vertical picture) or "1:1"
     copy: bool | None = None  # True: pass the source through; False: always encode
+    # -- where the key and a backup ingest come from (issue 15) ----------------------------------------------------
+    stream_key_file: str | None = None  # read when going live; ~ and $VARS expanded (keysource.py)
+    stream_key_cmd: tuple[str, ...] | None = None  # argv run when going live; first line of stdout
+    backup_url: str | None = None  # a second ingest for the same key (YouTube's b.rtmp...?backup=1)
+    backup: str | None = None  # "failover" (the default with a backup_url)
 
     def encoding(self) -> dict:
         """Its own encoding settings (only those set), as in the profile."""
@@ -73,6 +82,10 @@ class Destination:
         return ", ".join(parts) or "-"
 
     @property
+    def backup_mode(self) -> str | None:
+        return (self.backup or "failover") if self.backup_url else None
+
+    @property
     def scheme(self) -> str:
         return urlsplit(self.server_url).scheme.lower()
 
@@ -81,6 +94,11 @@ class Destination:
         return urlsplit(self.server_url).hostname or ""
 
     def key_source(self) -> str:
+        """How the key is found, never the key: ``$VAR``, ``file``, ``command``, ``stored`` or ``none``."""
+        if self.stream_key_cmd:
+            return "command"
+        if self.stream_key_file:
+            return "file"
         if self.stream_key_env:
             return f"${self.stream_key_env}"
         return "stored" if self.stream_key is not None else "none"
@@ -197,14 +215,39 @@ def make_destination(
     enabled: bool = True,
     platform: str | None = None,
     ca_file: str | None = None,
+    stream_key_file: str | None = None,
+    stream_key_cmd: list[str] | tuple[str, ...] | None = None,
+    backup_url: str | None = None,
+    backup: str | None = None,
     **encoding,
 ) -> Destination:
     """Build a validated destination; raises UsageError naming the first problem. ``encoding``: its own
     encoding settings (ENCODING_FIELDS)."""
     validate_name(name)
     validate_url(server_url)
-    if stream_key is not None and stream_key_env is not None:
-        raise UsageError("give either a stream key or a stream key variable, not both")
+    sources = [s for s, v in (("stream_key", stream_key), ("stream_key_env", stream_key_env),
+                              ("stream_key_file", stream_key_file), ("stream_key_cmd", stream_key_cmd))
+               if v is not None]
+    if len(sources) > 1:
+        raise UsageError(f"give the key one way, not both {' and '.join(sources)}")
+    if stream_key_file is not None:
+        validate_key_file(stream_key_file)
+    if stream_key_cmd is not None:
+        stream_key_cmd = validate_key_cmd(stream_key_cmd)
+    if backup_url is not None:
+        validate_url(backup_url)
+        if urlsplit(backup_url).scheme.lower() not in ("rtmp", "rtmps"):
+            raise UsageError("the backup URL must be rtmp:// or rtmps:// (the backup goes through the relay)")
+        if urlsplit(server_url).scheme.lower() not in ("rtmp", "rtmps"):
+            raise UsageError("a backup ingest needs an rtmp:// or rtmps:// server URL (SRT does not use the relay)")
+        if backup_url == server_url:
+            raise UsageError("the backup URL is the server URL itself")
+    if backup is not None:
+        if backup not in BACKUP_MODES:
+            raise UsageError("'backup' must be \"failover\" (\"both\", feeding both ingests at once, is not "
+                             "supported yet)")
+        if backup_url is None:
+            raise UsageError("'backup' needs a 'backup_url'")
     if stream_key is not None:
         validate_key(stream_key)
         if key_in_url(server_url, stream_key):
@@ -218,7 +261,8 @@ def make_destination(
     if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
         raise UsageError("'ca_file' must be a path")
     return Destination(name, server_url, stream_key, stream_key_env, enabled, platform, ca_file,
-                       **validate_encoding(encoding))
+                       **validate_encoding(encoding), stream_key_file=stream_key_file, stream_key_cmd=stream_key_cmd,
+                       backup_url=backup_url, backup=backup)
 
 
 def validate_encoding(values: dict) -> dict:
@@ -249,6 +293,23 @@ def validate_encoding(values: dict) -> dict:
     return out
 
 
+
+def validate_key_file(path: str) -> str:
+    if not isinstance(path, str) or not path or not path.isprintable():
+        raise UsageError("'stream_key_file' must be a path (no control characters)")
+    return path
+
+
+def validate_key_cmd(argv) -> tuple[str, ...]:
+    if isinstance(argv, str) or not isinstance(argv, (list, tuple)) or not argv \
+            or not all(isinstance(a, str) for a in argv) or not argv[0]:
+        raise UsageError("'stream_key_cmd' must be a non-empty list of strings (the command and its arguments, "
+                         "run without a shell), e.g. [\"pass\", \"show\", \"youtube\"]")
+    if any("\0" in a for a in argv):
+        raise UsageError("'stream_key_cmd' contains a NUL character")
+    return tuple(argv)
+
+
 def resolve_key(dest: Destination, environ: dict[str, str] | os._Environ = os.environ) -> str | None:
     """The key to publish with: stored, or read from the environment now."""
     if dest.stream_key_env:
@@ -273,9 +334,9 @@ def to_document(profile: Profile, include_keys: bool = True) -> dict:
     dests = []
     for d in profile.destinations:
         item = {"name": d.name, "server_url": d.server_url}
-        if not include_keys:  # credentials in the URL are a key too
-            from restream.redact import mask_url
+        from restream.redact import mask_url
 
+        if not include_keys:  # credentials in the URL are a key too
             item["server_url"] = mask_url(d.server_url)
         if d.stream_key is not None and include_keys:
             item["stream_key"] = d.stream_key
@@ -286,6 +347,14 @@ def to_document(profile: Profile, include_keys: bool = True) -> dict:
             item["platform"] = d.platform
         if d.ca_file:
             item["ca_file"] = d.ca_file
+        if d.stream_key_file is not None:
+            item["stream_key_file"] = d.stream_key_file
+        if d.stream_key_cmd is not None:
+            item["stream_key_cmd"] = list(d.stream_key_cmd)
+        if d.backup_url is not None:
+            item["backup_url"] = d.backup_url if include_keys else mask_url(d.backup_url)
+        if d.backup is not None:
+            item["backup"] = d.backup
         item.update(d.encoding())
         dests.append(item)
     return {"version": FORMAT_VERSION, "destinations": dests}

@@ -50,6 +50,8 @@ class Target:
     key: str | None
     ca_file: str | None = None
     enc: plan.Encoding | None = None  # its own encoding (settings, caps); None: the broadcast's
+    backup_url: str | None = None  # a second ingest for the same key (the relay fails over to it)
+    backup_mode: str | None = None  # "failover" when backup_url is set
 
     @property
     def via_relay(self) -> bool:
@@ -62,7 +64,7 @@ class Target:
             head, _, name = parts.path.rstrip("/").rpartition("/")
             url = parts._replace(path=head).geturl()
             key = name
-        return Upstream(self.name, url, key, self.ca_file)
+        return Upstream(self.name, url, key, self.ca_file, backup_url=self.backup_url)
 
     def __repr__(self) -> str:
         return f"Target(name={self.name!r}, server_url={self.server_url!r}, key='••••')"
@@ -677,8 +679,8 @@ class Broadcast:
             if now == last:
                 continue
             last = now
-            try:
-                targets = reload()
+            try:  # in a thread: a key command may take seconds, and the relay runs on this loop
+                targets = await asyncio.to_thread(reload)
             except Exception as exc:  # a RestreamError, normally: keep the broadcast as it is
                 self.emit(ev.Log(time.time(), "warning", f"profile change not applied: {self.redact(str(exc))}"))
                 continue

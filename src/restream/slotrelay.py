@@ -58,9 +58,11 @@ class Upstream:
     url: str                    # rtmp://host[:port]/app... or rtmps://... (no key); default ports 1935 / 443
     key: str                    # the stream key (playpath)
     ca_file: str | None = None  # CA bundle for rtmps (None: the system's default verify paths, SSL_CERT_FILE honoured)
+    backup_url: str | None = None  # failover: a second ingest for the same key (see SlotRelay, "Backup ingest")
 
     def __repr__(self) -> str:  # never print the key
-        return f"Upstream(name={self.name!r}, url={self.url!r}, key={REDACTED!r}, ca_file={self.ca_file!r})"
+        return (f"Upstream(name={self.name!r}, url={self.url!r}, key={REDACTED!r}, ca_file={self.ca_file!r}, "
+                f"backup_url={self.backup_url!r})")
 
 
 @dataclass(frozen=True)
