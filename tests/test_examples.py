@@ -30,6 +30,7 @@ def test_profile_example_is_a_valid_profile():
     assert len(dests) >= 3
     assert {d.scheme for d in dests} >= {"rtmp", "rtmps", "srt"}
     assert any(d.stream_key_env for d in dests) and any(d.ca_file for d in dests)
+    assert any(d.stream_key_cmd for d in dests) and any(d.backup_url for d in dests)
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.y*ml")), ids=lambda p: p.name)
@@ -47,13 +48,15 @@ def test_k8s_cronjobs_use_secrets_configmap_and_plain():
     needed = set()
     for name, text in profiles.items():
         dests = prof.parse(text, name)
-        assert all(d.stream_key is None and d.stream_key_env for d in dests)  # no keys in a ConfigMap
-        needed |= {d.stream_key_env for d in dests}
-    assert needed <= set(secret["stringData"])
+        assert all(d.stream_key is None and d.stream_key_file for d in dests)  # no keys in a ConfigMap
+        needed |= {d.stream_key_file for d in dests}
+    assert needed <= {f"/run/secrets/restream/{k}" for k in secret["stringData"]}
     for job in (d for d in docs if d["kind"] == "CronJob"):
         assert croniter.is_valid(job["spec"]["schedule"])
         assert job["spec"]["concurrencyPolicy"] == "Forbid"
         (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["keys"] == "/run/secrets/restream"
         args = container["args"]
         assert args[:2] == ["restream", "go"] and "--plain" in args
         assert args[args.index("-p") + 1] + ".toml" in profiles
@@ -94,6 +97,7 @@ def test_systemd_units_are_well_formed():
         assert "Unit" in cp and "Install" in cp
     service = (EXAMPLES / "systemd" / "restream-weekly.service").read_text(encoding="utf-8")
     assert "--plain" in service and "ExecStart=/" in service and "--record" in service and "{date}" in service
+    assert "LoadCredential=" in service and "$CREDENTIALS_DIRECTORY" in service
 
 
 EVENTS = "\n".join([
