@@ -1177,6 +1177,8 @@ def status_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = F
     def state_of(d: dict) -> str:
         if d.get("state") == "stalled" and d.get("stalled_since"):
             return f"stalled {int(max(0, now - d['stalled_since']))}s"
+        if d.get("ingest") == "backup" and d.get("state") == "live":
+            return "live (backup)"
         return str(d.get("state"))
 
     rows = [{"name": d.get("name"), "host": d.get("host"), "state": state_of(d),

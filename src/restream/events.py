@@ -92,7 +92,17 @@ class NewSession:
     pid: int
 
 
-Event = Started | Progress | DestState | Traffic | Log | Recording | Ended | NewSession
+@dataclass(frozen=True)
+class IngestSwitch:
+    """A destination with a backup ingest: its slot now publishes to ``ingest`` ("primary" | "backup"), and why."""
+
+    ts: float
+    name: str
+    ingest: str
+    reason: str  # already redacted
+
+
+Event = Started | Progress | DestState | Traffic | Log | Recording | Ended | NewSession | IngestSwitch
 
 
 # -- -progress parsing --------------------------------------------------------------------------------------------

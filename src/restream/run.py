@@ -230,6 +230,11 @@ class Broadcast:
             self.emit(ev.Log(time.time(), "warning", f"{name}: {self.redact(e.error or 'held up the end')}"))
         elif kind in ("disconnected", "refused"):
             self._feed(lifecycle.Down(name, self.redact(e.error) if e.error else None))
+        elif kind == "switched" and e.ingest:
+            # which ingest is not a lifecycle state (connecting/live/... and the verdicts do not depend on it): the
+            # views learn it from this event
+            why = self.redact(e.error or "")
+            self.emit(ev.IngestSwitch(time.time(), name, e.ingest, why))
 
     # -- slots ------------------------------------------------------------------------------------------------
 

@@ -16,6 +16,13 @@ feeds the ChunkRewriter and writes straight to the other socket's transport. Flo
 buffer passes ``_WRITE_HIGH`` the other socket stops being read until it drains, so a slow destination back-pressures
 into ffmpeg's per-slave fifo and memory stays bounded.
 
+Backup ingest (failover): an Upstream with a ``backup_url`` has two ingests for the same key. New sessions of its slot
+dial the slot's current ingest (the primary at first). After ``FAILOVER_ATTEMPTS`` failed sessions in a row on it, or
+``FAILOVER_AFTER_S`` without it being live (from the assignment, or from its last live session's end), the slot
+switches to the other ingest (a "switched" event says to which and why); a session still trying the old one is cut so
+ffmpeg's fifo reconnects at once. The slot never switches back just because the other ingest returned: only when the
+current one fails in the same way (no flapping).
+
 asyncio, stdlib only. Every method except ``assign`` and ``stats`` must be used from the event loop's thread;
 ``assign`` may be called from any thread. ``on_event`` is called on the loop's thread.
 """
@@ -49,6 +56,8 @@ RESUME_BYTES = 256 * 1024  # a stalled destination is live again when it drained
 DRAIN_S = 3.0             # once the stop began: how long a live destination may take to take its last bytes
 TAIL_S = 0.15             # a destination taken off its slot while live still gets what ffmpeg sent this long
 TICK_S = 0.5              # the watchdog's period
+FAILOVER_ATTEMPTS = 3     # failed sessions in a row on one ingest before its slot switches to the other one
+FAILOVER_AFTER_S = 5.0    # ... or this long without that ingest being live
 _ANSWERED_BY = {"connect": "connect", "createStream": "createStream", "publish": "publish"}
 
 
@@ -70,9 +79,10 @@ class SlotEvent:
     slot: int
     name: str | None
     kind: str                   # "connecting" | "live" | "stalled" | "resumed" | "ended" (ffmpeg unpublished in
-    #                             order) | "disconnected" | "forced" (cut while stopping) | "refused"
-    error: str | None = None    # one line, never the key
+    #                             order) | "disconnected" | "forced" (cut while stopping) | "refused" | "switched"
+    error: str | None = None    # one line, never the key ("switched": why)
     since: float | None = None  # "stalled": time.time() of the last byte the destination acknowledged
+    ingest: str | None = None   # with a backup: "primary" | "backup" (the session's; "switched": the new one)
 
 
 @dataclass(frozen=True)
@@ -98,13 +108,16 @@ def redact(text: str, key: str) -> str:
 
 
 class _Session:
-    __slots__ = ("slot", "upstream", "target", "pub", "dest", "connected", "live", "closing", "error",
+    __slots__ = ("slot", "upstream", "ingest", "url", "target", "pub", "dest", "connected", "live", "closing", "error",
                  "refused", "server_error", "ended", "stopped", "awaiting", "awaiting_since", "unpublished",
                  "stream_id", "acked", "acked_at", "stalled_since", "forced", "graceful")
 
-    def __init__(self, slot: int, upstream: Upstream, pub: "_Publisher", ended: asyncio.Future) -> None:
+    def __init__(self, slot: int, upstream: Upstream, pub: "_Publisher", ended: asyncio.Future,
+                 ingest: str = "primary") -> None:
         self.slot = slot
         self.upstream = upstream
+        self.ingest = ingest        # which of the upstream's ingests this session dials
+        self.url = upstream.backup_url if ingest == "backup" and upstream.backup_url else upstream.url
         self.target: rtmp.Target | None = None
         self.pub = pub                          # ffmpeg's side (accepted)
         self.dest: _Destination | None = None   # the destination's side, once connected
@@ -360,6 +373,11 @@ class SlotRelay:
         self._bytes = [0] * slots
         self._count = [0] * slots
         self._since: list[float | None] = [None] * slots
+        self.failover_attempts = FAILOVER_ATTEMPTS
+        self.failover_after = FAILOVER_AFTER_S
+        self._ingest = ["primary"] * slots          # the ingest new sessions of the slot dial
+        self._fails = [0] * slots                   # failed sessions in a row on it
+        self._down_since: list[float | None] = [None] * slots  # time.monotonic() since when it is not live
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -389,9 +407,12 @@ class SlotRelay:
         self._check(slot)
         if upstream is not None:
             rtmp.parse_url(upstream.url)  # ValueError now rather than at connect time
+            if upstream.backup_url:
+                rtmp.parse_url(upstream.backup_url)
         if self._assigned[slot] == upstream:
             return
         self._assigned[slot] = upstream
+        self._ingest[slot], self._fails[slot], self._down_since[slot] = "primary", 0, None
         self._bytes[slot] = 0
         self._count[slot] = 0
         self._since[slot] = time.monotonic()
@@ -443,6 +464,8 @@ class SlotRelay:
     def end_stop(self) -> None:
         """Relay mode: the publisher session that was stopping is over; accept the next one's sessions."""
         self._stopping_at = None
+        self._fails = [0] * self.slots  # each ingest starts the next publisher session with a clean count
+        self._down_since = [None] * self.slots
 
     def stats(self) -> list[SlotStats]:
         out = []
@@ -540,6 +563,11 @@ class SlotRelay:
         now = time.monotonic()
         stopping = self._stopping_at is not None
         for slot in range(self.slots):
+            up = self._assigned[slot]
+            down = self._down_since[slot]
+            if up is not None and up.backup_url and not stopping and down is not None \
+                    and now - down >= self.failover_after and self._sessions[slot]:
+                self._switch(slot, f"the {self._ingest[slot]} ingest was not live for {now - down:.0f} s")
             for sess in list(self._sessions[slot]):
                 if sess.stopped:
                     continue
@@ -582,12 +610,12 @@ class SlotRelay:
                        since=time.time() - (now - sess.acked_at))
 
     def _emit(self, slot: int, name: str | None, kind: str, error: str | None = None,
-              since: float | None = None) -> None:
+              since: float | None = None, ingest: str | None = None) -> None:
         self._since[slot] = time.monotonic()
         if self.on_event is None:
             return
         try:
-            self.on_event(SlotEvent(slot, name, kind, error, since))
+            self.on_event(SlotEvent(slot, name, kind, error, since, ingest))
         except Exception:  # a broken observer must not break the relay
             log.exception("slot relay on_event callback failed")
 
@@ -615,7 +643,9 @@ class SlotRelay:
             pub.transport.abort()  # type: ignore[union-attr]
             return
         loop = asyncio.get_running_loop()
-        sess = _Session(slot, upstream, pub, loop.create_future())
+        sess = _Session(slot, upstream, pub, loop.create_future(), self._ingest[slot])
+        if self._down_since[slot] is None and not any(s.live for s in self._sessions[slot]):
+            self._down_since[slot] = time.monotonic()  # ffmpeg is trying: the failover clock runs
         pub.sess = sess
         self._sessions[slot].add(sess)
         self._count[slot] += 1
@@ -681,12 +711,45 @@ class SlotRelay:
                 kind, error = "ended", None  # ffmpeg ended its stream in order; what came after is closing
             else:
                 kind = "disconnected"
-            self._emit(sess.slot, upstream.name, kind, error)
+            self._emit(sess.slot, upstream.name, kind, error, ingest=sess.ingest if upstream.backup_url else None)
+            if kind in ("disconnected", "refused") and error and not sess.closing:
+                self._failed(sess, was_live, error)
+
+    # -- backup ingest -----------------------------------------------------------------------------------------
+
+    def _failed(self, sess: _Session, was_live: bool, error: str) -> None:
+        """A session on the slot's current ingest failed: count it; switch ingests after too many."""
+        slot, up = sess.slot, sess.upstream
+        if not up.backup_url or up is not self._assigned[slot] or sess.ingest != self._ingest[slot] \
+                or self._stopping_at is not None or self._closed:
+            return
+        now = time.monotonic()
+        if was_live or self._down_since[slot] is None:
+            self._fails[slot], self._down_since[slot] = 0, now
+        self._fails[slot] += 1
+        if self._fails[slot] >= self.failover_attempts:
+            self._switch(slot, f"{self._fails[slot]} failed attempts on the {sess.ingest} ingest ({error})")
+        elif now - self._down_since[slot] >= self.failover_after:
+            self._switch(slot, f"the {sess.ingest} ingest was not live for {now - self._down_since[slot]:.0f} s "
+                               f"({error})")
+
+    def _switch(self, slot: int, why: str) -> None:
+        """New sessions of ``slot`` dial its other ingest; a session still trying the old one is cut."""
+        up = self._assigned[slot]
+        assert up is not None
+        new = "backup" if self._ingest[slot] == "primary" else "primary"
+        self._ingest[slot], self._fails[slot], self._down_since[slot] = new, 0, time.monotonic()
+        self._emit(slot, up.name, "switched", why, ingest=new)
+        for sess in list(self._sessions[slot]):
+            if sess.ingest != new and not sess.live and not sess.stopped:
+                sess.error = f"switching to the {new} ingest"
+                sess.closing = True
+                sess.abort()
 
     async def _run(self, sess: _Session) -> None:
         up = sess.upstream
         try:
-            target = sess.target = rtmp.parse_url(up.url)
+            target = sess.target = rtmp.parse_url(sess.url)
         except ValueError as exc:
             sess.error = f"bad server URL: {exc}"
             return
@@ -789,7 +852,10 @@ class SlotRelay:
         if sess.live or sess.closing:
             return
         sess.live = True
-        self._emit(sess.slot, sess.upstream.name, "live")
+        slot = sess.slot
+        if sess.upstream is self._assigned[slot] and sess.ingest == self._ingest[slot]:
+            self._fails[slot], self._down_since[slot] = 0, None
+        self._emit(slot, sess.upstream.name, "live", ingest=sess.ingest if sess.upstream.backup_url else None)
 
 
 def placeholder(slot: int) -> str:

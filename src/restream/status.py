@@ -44,6 +44,8 @@ class DestStatus:
     sample_ts: float | None = None  # ... and when
     session_live: bool = False  # went live in the current session (relay mode: publisher session)
     stalled_since: float | None = None  # state "stalled": ts of the last byte the destination took
+    ingest: str | None = None  # with a backup ingest: "primary" | "backup" (None until the first switch: primary)
+    switches: int = 0  # times its slot switched ingests
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,12 @@ def reduce(s: Snapshot, e: events.Event) -> Snapshot:
         return _traffic(s, e)
     if isinstance(e, events.Progress):
         return _progress(s, e)
+    if isinstance(e, events.IngestSwitch):
+        row = s.destination(e.name)
+        if row is None:
+            return s
+        return replace(s, destinations=_put(s.destinations, replace(row, ingest=e.ingest,
+                                                                     switches=row.switches + 1)))
     if isinstance(e, events.NewSession):  # relay mode: the next ffmpeg's clock starts at 0
         return replace(s, stream_base_s=s.stream_base_s + (s.out_time_s or 0.0), out_time_s=None, pid=e.pid)
     if isinstance(e, events.Recording):
@@ -157,7 +165,8 @@ def reduce(s: Snapshot, e: events.Event) -> Snapshot:
 def outcome(s: Snapshot) -> dict[str, dict]:
     """Per destination: {"state", "reconnects", "uptime_s"} (plus "bytes_sent", "last_error"), in row order."""
     return {d.name: {"state": d.state, "reconnects": d.reconnects, "uptime_s": round(d.uptime_s, 3),
-                     "bytes_sent": d.bytes_sent, "last_error": d.last_error}
+                     "bytes_sent": d.bytes_sent, "last_error": d.last_error,
+                     **({"ingest": d.ingest, "ingest_switches": d.switches} if d.ingest else {})}
             for d in s.destinations}
 
 

@@ -133,7 +133,13 @@ def state_text(d: DestStatus, now: float) -> str:
     """The state as shown in tables: a stalled destination says for how long."""
     if d.state == ev.STALLED and d.stalled_since is not None:
         return f"stalled {age(now - d.stalled_since)}"
+    if d.ingest == "backup" and d.state in (ev.LIVE, ev.STALLED, ev.STOPPED):
+        return f"{d.state} (backup)"
     return d.state
+
+
+def ingest_line(e: "ev.IngestSwitch") -> str:
+    return f"{e.name}: switched to the {e.ingest} ingest ({one_line(e.reason)})"
 
 
 def stalled_note(d: DestStatus, now: float) -> str | None:
@@ -284,8 +290,12 @@ class PlainView:
             if row is None or (self.quiet and not e.error and row.state not in (ev.RETRYING, ev.FAILED)):
                 return
             state = e.state if e.state in (ev.ADDED, ev.REMOVED) else row.state
+            if state == ev.LIVE and row.ingest == "backup":
+                state = "live (backup)"
             extra = e.error or (row.host if e.state == ev.ADDED and row.host else None) or stalled_note(row, snap.now)
             self._line(snap.now, state_line(row.name, state, extra))
+        elif isinstance(e, ev.IngestSwitch):
+            self._line(snap.now, ingest_line(e))
         elif isinstance(e, ev.Log):
             shown = e.level in PROBLEM_LEVELS or self.all_logs or (e.level == NOTICE_LEVEL and not self.quiet)
             if shown:
@@ -372,7 +382,12 @@ class JsonView:
                     obj["url"] = mask_url(e.url)
                 if row.state == ev.STALLED and row.stalled_since is not None:
                     obj["stalled_s"] = _num(max(0.0, snap.now - row.stalled_since), 1)
+                if row.ingest:
+                    obj["ingest"] = row.ingest
                 self.emit(obj)
+        elif isinstance(e, ev.IngestSwitch):
+            self.emit({"event": "ingest", "ts": iso(snap.now, True), "destination": e.name, "ingest": e.ingest,
+                       "reason": e.reason})
         elif isinstance(e, ev.Log):
             if e.level in PROBLEM_LEVELS or e.level == NOTICE_LEVEL:
                 held = 0 if e.level == NOTICE_LEVEL else self._throttle.check((e.level, e.text), e.ts)
@@ -717,6 +732,8 @@ class LiveView:
                 return state_line(row.name, row.state, e.error), "red"
         elif isinstance(e, ev.Recording) and e.state == "failed":
             return recording_line(snap) or "", "red"
+        elif isinstance(e, ev.IngestSwitch):
+            return ingest_line(e), "yellow"
         elif isinstance(e, ev.Log) and e.level in PROBLEM_LEVELS:
             held = self._throttle.check((e.level, e.text), e.ts)
             if held is not None:
