@@ -41,6 +41,7 @@ class Result:
     port: int | None
     steps: list[Step] = field(default_factory=list)
     note: str = ""
+    ingest: str = "primary"  # a destination with a backup ingest is checked twice: "primary" and "backup"
 
     @property
     def reachable(self) -> bool:
@@ -51,8 +52,8 @@ class Result:
         return next((s for s in self.steps if s.name == name), None)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "scheme": self.scheme, "host": self.host, "port": self.port,
-                "reachable": self.reachable, "note": self.note, "steps": [asdict(s) for s in self.steps]}
+        return {"name": self.name, "ingest": self.ingest, "scheme": self.scheme, "host": self.host,
+                "port": self.port, "reachable": self.reachable, "note": self.note, "steps": [asdict(s) for s in self.steps]}
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Probe:
     server_url: str
     ca_file: str | None = None
     name_in_url: bool = False  # no separate key: the URL's last path element is the stream name (never sent)
+    ingest: str = "primary"  # or "backup": the destination's backup_url
 
 
 def _endpoint(url: str) -> tuple[str, str, int | None]:
@@ -139,7 +141,7 @@ async def _timed(step: Step, coro, deadline: float, limit: float | None = None):
 
 async def probe_one(p: Probe, deadline: float) -> Result:
     scheme, host, port = _endpoint(p.server_url)
-    res = Result(p.name, scheme, host, port)
+    res = Result(p.name, scheme, host, port, ingest=p.ingest)
     srt = scheme == "srt"
     dns = Step("dns")
     res.steps.append(dns)

@@ -112,8 +112,12 @@ def check_cmd(
     dests = [p.get(n) for n in names] if names else list(p.enabled())
     if not dests:
         raise UsageError(f"nothing to check: profile {p.name!r} has no enabled destinations (see: restream list)")
-    results = check.run([check.Probe(d.name, d.server_url, d.ca_file, d.key_source() == "none") for d in dests],
-                        timeout)
+    probes = []
+    for d in dests:
+        probes.append(check.Probe(d.name, d.server_url, d.ca_file, d.key_source() == "none"))
+        if d.backup_url:  # both ingests
+            probes.append(check.Probe(d.name, d.backup_url, d.ca_file, False, ingest="backup"))
+    results = check.run(probes, timeout)
     if as_json:
         typer.echo(json.dumps({"profile": p.name, "timeout": timeout,
                                "reachable": all(r.reachable for r in results),
@@ -121,7 +125,7 @@ def check_cmd(
     else:
         from restream.tables import table
 
-        rows = [{"name": r.name, "where": f"{r.scheme}://{r.host}:{r.port}" if r.port else f"{r.scheme}://{r.host}",
+        rows = [{"name": r.name + (" (backup)" if r.ingest == "backup" else ""), "where": f"{r.scheme}://{r.host}:{r.port}" if r.port else f"{r.scheme}://{r.host}",
                  "dns": _cell(r.step("dns")), "tcp": _cell(r.step("tcp")), "tls": _cell(r.step("tls")),
                  "rtmp": _cell(r.step("rtmp")), "connect": _cell(r.step("connect")),
                  "result": ("reachable" if r.reachable else "UNREACHABLE") + (" (DNS only)" if r.scheme == "srt" else "")}
@@ -129,12 +133,13 @@ def check_cmd(
         table([("NAME", "name"), ("SERVER", "where"), ("DNS", "dns"), ("TCP", "tcp"), ("TLS", "tls"),
                ("RTMP", "rtmp"), ("CONNECT", "connect"), ("RESULT", "result")], rows)
         for r in results:
+            label = r.name + (" (backup)" if r.ingest == "backup" else "")
             for s in r.steps:
                 if s.ok is False:
                     optional = "" if s.required else " (optional step)"
-                    typer.echo(f"{r.name}: {s.name}: {s.detail}{optional}")
+                    typer.echo(f"{label}: {s.name}: {s.detail}{optional}")
             if r.note:
-                typer.echo(f"{r.name}: {r.note}")
+                typer.echo(f"{label}: {r.note}")
     if not all(r.reachable for r in results):
         raise typer.Exit(1)
 

@@ -696,6 +696,7 @@ class SlotRelay:
                 sess.error = sess.error or f"relay error: {type(exc).__name__}: {exc}"
         finally:
             self._sessions[sess.slot].discard(sess)
+            on_purpose = sess.closing  # (abort() below sets it)
             was_live = sess.live
             sess.connected = sess.live = False
             if not sess.graceful:
@@ -712,7 +713,7 @@ class SlotRelay:
             else:
                 kind = "disconnected"
             self._emit(sess.slot, upstream.name, kind, error, ingest=sess.ingest if upstream.backup_url else None)
-            if kind in ("disconnected", "refused") and error and not sess.closing:
+            if kind in ("disconnected", "refused") and error and not on_purpose:
                 self._failed(sess, was_live, error)
 
     # -- backup ingest -----------------------------------------------------------------------------------------

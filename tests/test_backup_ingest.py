@@ -1,0 +1,159 @@
+"""Backup ingest with ``backup = "failover"`` (issue 15, part 1): the real CLI, real ffmpeg receivers.
+
+* The primary is a port with nothing listening, or a server that refuses the publish (nginx-rtmp's ``on_publish``
+  says no): the backup receives the stream within 6 s of the start and it decodes.
+* The primary is killed mid-stream: the destination moves to the backup within 6 s; the other destination is
+  untouched.
+Plus the CLI side: ``add --backup`` fills YouTube's backup from the preset, ``--backup-url``, list/show/export/import,
+and ``check`` probes both ingests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CANARY_KEY
+from restream import profile as prof
+from support import free_port, probe
+from test_go_e2e import CHEAP, Procs, _ts, receivers_done
+
+SWITCH_BOUND_S = 6.0
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = Procs(tmp_path)
+    yield p
+    p.close()
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------------
+
+def test_add_youtube_backup_from_preset_list_show_export_import(cli):
+    code, out, err = cli("add", "youtube", "--backup", "--key", CANARY_KEY)
+    assert code == 0, err
+    d = prof.load("default").get("youtube")
+    assert d.backup_url == "rtmp://b.rtmp.youtube.com/live2?backup=1" and d.backup_mode == "failover"
+    assert cli("add", "own", "--url", "rtmp://127.0.0.1:1935/live", "--backup-url",
+               "rtmps://127.0.0.2:443/live", "--key", "k-own")[0] == 0
+    code, out, _ = cli("list")
+    assert "BACKUP" in out and out.count("failover") == 2, out
+    code, out, _ = cli("show", "youtube", "--json")
+    row = json.loads(out)
+    assert row["backup_url"] == "rtmp://b.rtmp.youtube.com/live2?backup=1" and row["backup"] == "failover"
+    code, out, _ = cli("show", "own")
+    assert "backup_url" in out and "rtmps://127.0.0.2:443/live" in out
+    code, exported, _ = cli("export", "--show-keys")
+    assert 'backup_url = "rtmp://b.rtmp.youtube.com/live2?backup=1"' in exported
+    assert cli("import", "-", "-p", "copy", input=exported)[0] == 0
+    assert prof.load("copy").destinations == prof.load("default").destinations
+    # twitch has no backup preset; a SRT destination cannot have a backup; "both" is not there yet
+    code, _, err = cli("add", "twitch", "--backup", "--key", "k")
+    assert code == 2 and "--backup-url" in err
+    code, _, err = cli("add", "s", "--url", "srt://127.0.0.1:9000", "--no-key", "--backup-url", "rtmp://h/app")
+    assert code == 2 and "SRT" in err
+    code, _, err = cli("add", "b", "--url", "rtmp://h/app", "--key", "k", "--backup-url", "rtmp://i/app",
+                       "--backup-mode", "both")
+    assert code == 2 and "not supported yet" in err
+    # edit: add, then forget a backup
+    assert cli("edit", "own", "--no-backup")[0] == 0
+    assert prof.load("default").get("own").backup_url is None
+    assert cli("edit", "youtube", "--no-backup")[0] == 0 and cli("edit", "youtube", "--backup")[0] == 0
+    assert prof.load("default").get("youtube").backup_url == "rtmp://b.rtmp.youtube.com/live2?backup=1"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_check_probes_both_ingests(cli, procs):
+    r = procs.receiver("r", "k")  # an RTMP server that answers the handshake and connect
+    dead = free_port()
+    assert cli("add", "d", "--url", f"rtmp://127.0.0.1:{dead}/live", "--key", "k", "--backup-url", r.url)[0] == 0
+    code, out, err = cli("check", "--json", "--timeout", "5")
+    assert code == 1, out + err  # the primary is down
+    rows = json.loads(out)["destinations"]
+    assert [(x["name"], x["ingest"], x["reachable"]) for x in rows] == [("d", "primary", False), ("d", "backup", True)]
+
+
+# -- going live ----------------------------------------------------------------------------------------------------
+
+def _switches(go, name: str) -> list[dict]:
+    return [e for e in go.events if e.get("event") == "ingest" and e["destination"] == name]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("primary", ["nothing listening", "refuses the publish"])
+def test_primary_down_at_start_backup_receives_within_6s(procs, cli, tmp_path, primary):
+    key = "key-bk-" + "x" * 20
+    backup = procs.receiver("backup", key)
+    other = procs.receiver("other", "key-other")
+    ngx = None
+    if primary == "nothing listening":
+        primary_url = f"rtmp://127.0.0.1:{free_port()}/live"
+    else:
+        from nginx import NginxRtmp, require_nginx
+
+        require_nginx(tls=False)
+        ngx = NginxRtmp(tmp_path, apps=["a1"], expected_keys={"a1": "some-other-key"}, tls=False).start()
+        procs.things.append(ngx)
+        primary_url = ngx.rtmp_url("a1")
+    assert cli("add", "yt", "--url", primary_url, "--key", key,
+               "--backup-url", f"rtmp://127.0.0.1:{backup.port}/live?backup=1")[0] == 0
+    assert cli("add", "other", "--url", other.url, "--key", "key-other")[0] == 0
+    go = procs.go(*CHEAP, "--duration", "10s", "--json", "--status-interval", "0.5")
+    live = go.wait_state("yt", "live", 15)
+    start = _ts(go.event("start"))
+    took = _ts(live) - start
+    (switch,) = _switches(go, "yt")
+    assert switch["ingest"] == "backup" and "failed attempts on the primary ingest" in switch["reason"], switch
+    assert live.get("ingest") == "backup", live
+    print(f"primary {primary}: live on the backup {took:.2f} s after the start; switched after "
+          f"{_ts(switch) - start:.2f} s: {switch['reason']}")
+    assert took <= SWITCH_BOUND_S, f"live on the backup only {took:.2f} s after the start"
+    if ngx is not None:
+        attempts = ngx.attempts("a1")
+        assert len(attempts) >= 3 and not any(a.accepted for a in attempts)
+        assert attempts[0].key == key  # it was the real key that was refused
+    assert go.wait(40) == 0, go.stderr
+    receivers_done(backup, other)
+    end = go.events[-1]
+    assert end["destinations"]["yt"]["state"] == "stopped" and end["destinations"]["yt"]["ingest"] == "backup"
+    assert backup.stream_names() == []
+    m = probe(backup.out)
+    assert m.decodes and m.first_packet_key and m.duration >= 10 - SWITCH_BOUND_S - 1, m
+    assert [e["state"] for e in go.states("other")] == ["connecting", "live", "stopped"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_primary_killed_mid_stream_moves_to_backup_others_untouched(procs, cli):
+    key = "key-yt-" + "y" * 20
+    primary = procs.receiver("primary", key)
+    backup = procs.receiver("backup", key)
+    other = procs.receiver("other", "key-other")
+    assert cli("add", "yt", "--url", primary.url, "--key", key, "--backup-url", backup.url)[0] == 0
+    assert cli("add", "other", "--url", other.url, "--key", "key-other")[0] == 0
+    go = procs.go(*CHEAP, "--duration", "16s", "--json", "--status-interval", "0.5")
+    go.wait_live(["yt", "other"])
+    assert _switches(go, "yt") == [] and not backup.connected()
+    import time
+
+    time.sleep(3)
+    primary.kill()
+    killed = time.time()
+    live = go.wait_state("yt", "live", 10, after=killed)
+    took = _ts(live) - killed
+    (switch,) = _switches(go, "yt")
+    print(f"killed the primary: live on the backup after {took:.2f} s; switch: {switch['reason']}")
+    assert took <= SWITCH_BOUND_S and live.get("ingest") == "backup", (took, live)
+    assert go.wait(40) == 0, go.stderr
+    receivers_done(backup, other)
+    end = go.events[-1]
+    assert end["exit_code"] == 0 and end["destinations"]["yt"]["ingest"] == "backup", end
+    assert end["destinations"]["other"]["reconnects"] == 0
+    assert [e["state"] for e in go.states("other")] == ["connecting", "live", "stopped"]
+    m = probe(backup.out)
+    assert m.decodes and m.first_packet_key and m.duration >= 5, m
+    assert primary.connected()  # it had the stream before it died (SIGKILL: its file is not written out)
