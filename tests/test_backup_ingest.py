@@ -10,7 +10,9 @@ and ``check`` probes both ingests.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
@@ -157,3 +159,123 @@ def test_primary_killed_mid_stream_moves_to_backup_others_untouched(procs, cli):
     m = probe(backup.out)
     assert m.decodes and m.first_packet_key and m.duration >= 5, m
     assert primary.connected()  # it had the stream before it died (SIGKILL: its file is not written out)
+
+
+# -- the relay's failover rule (no ffmpeg: a bare client speaks the first handshake bytes) ---------------------------
+
+async def _hold_server(port: int, accepted: list):
+    """A TCP server that accepts and never answers (its sessions neither fail nor go live)."""
+
+    async def on(reader, writer):
+        accepted.append(port)
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(on, "127.0.0.1", port)
+
+
+async def _attempt(relay, slot: int = 0, hold: float = 0.2):
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.ports[slot])
+    writer.write(b"\x03" + bytes(1536))
+    await asyncio.sleep(hold)
+    writer.close()
+
+
+def test_relay_failover_after_3_attempts_and_no_flapping():
+    from restream.slotrelay import SlotRelay, Upstream
+
+    async def main():
+        events: list = []
+        relay = SlotRelay(1, on_event=events.append, answer_timeout=60)
+        relay.failover_after = 60  # only the attempt count here
+        await relay.start()
+        p_port, b_port = free_port(), free_port()
+        relay.assign(0, Upstream("yt", f"rtmp://127.0.0.1:{p_port}/live", CANARY_KEY,
+                                 backup_url=f"rtmp://127.0.0.1:{b_port}/live?backup=1"))
+        accepted: list = []
+        backup = await _hold_server(b_port, accepted)
+        for _ in range(3):
+            await _attempt(relay)
+        switched = [e for e in events if e.kind == "switched"]
+        assert [(e.ingest, e.error.split(" (")[0]) for e in switched] == \
+            [("backup", "3 failed attempts on the primary ingest")]
+        assert all(CANARY_KEY not in (e.error or "") for e in events)
+        # the primary comes back; the backup neither fails nor goes live: new sessions stay on the backup
+        primary = await _hold_server(p_port, accepted)
+        for _ in range(3):
+            await _attempt(relay, hold=0.3)
+        assert accepted == [b_port] * 3 and relay._ingest == ["backup"]
+        # the backup fails 3 times: back to the primary
+        backup.close()
+        await backup.wait_closed()
+        for _ in range(3):
+            await _attempt(relay)
+        assert [e.ingest for e in events if e.kind == "switched"] == ["backup", "primary"]
+        await _attempt(relay, hold=0.3)
+        assert accepted[-1] == p_port
+        primary.close()
+        await relay.close()
+
+    asyncio.run(main())
+
+
+def test_relay_failover_after_5s_without_the_primary_cuts_a_hanging_session():
+    from restream.slotrelay import SlotRelay, Upstream
+
+    async def main():
+        events: list = []
+        relay = SlotRelay(1, on_event=events.append, answer_timeout=60)
+        relay.failover_after = 1.0
+        await relay.start()
+        p_port, b_port = free_port(), free_port()
+        accepted: list = []
+        primary = await _hold_server(p_port, accepted)  # accepts, never answers the handshake: a black hole
+        relay.assign(0, Upstream("yt", f"rtmp://127.0.0.1:{p_port}/live", "key-zq-123",
+                                 backup_url=f"rtmp://127.0.0.1:{b_port}/live"))
+        start = time.monotonic()
+        hanging = asyncio.create_task(_attempt(relay, hold=5))
+        while not any(e.kind == "switched" for e in events) and time.monotonic() - start < 4:
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - start
+        (switch,) = [e for e in events if e.kind == "switched"]
+        assert switch.ingest == "backup" and "not live for 1 s" in switch.error and 1.0 <= took <= 2.0, (switch, took)
+        while not any(e.kind == "disconnected" for e in events) and time.monotonic() - start < 4:
+            await asyncio.sleep(0.05)
+        cut = next(e for e in events if e.kind == "disconnected")
+        assert cut.ingest == "primary" and "switching to the backup" in cut.error
+        hanging.cancel()
+        primary.close()
+        await relay.close()
+
+    asyncio.run(main())
+
+
+def test_status_and_views_show_the_backup_ingest():
+    import io
+
+    from restream import events as ev
+    from restream import status, view
+
+    t = 1000.0
+    out, plain = io.StringIO(), io.StringIO()
+    sinks = [view.JsonView(out), view.PlainView(plain)]
+    snap = status.initial(profile="p")
+    for e in (ev.Started(t, "p", "test", "ffmpeg", 1, (("yt", "rtmp://a/live2"),)),
+              ev.DestState(t + 1, "yt", ev.RETRYING, "cannot connect"),
+              ev.IngestSwitch(t + 2, "yt", "backup", "3 failed attempts on the primary ingest (cannot connect)"),
+              ev.DestState(t + 3, "yt", ev.LIVE)):
+        snap = status.reduce(snap, e)
+        for s in sinks:
+            s.update(snap, e)
+    row = snap.destination("yt")
+    assert (row.state, row.ingest, row.switches) == ("live", "backup", 1)
+    assert view.state_text(row, snap.now) == "live (backup)"
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    switch = next(x for x in lines if x["event"] == "ingest")
+    assert switch["destination"] == "yt" and switch["ingest"] == "backup" and "3 failed" in switch["reason"]
+    assert lines[-1]["event"] == "state" and lines[-1]["state"] == "live" and lines[-1]["ingest"] == "backup"
+    assert "yt: switched to the backup ingest (3 failed attempts" in plain.getvalue()
+    assert "yt: live (backup)" in plain.getvalue()
+    assert status.outcome(snap)["yt"]["ingest"] == "backup"
