@@ -341,3 +341,11 @@ def test_nginx_on_publish_sees_the_key_from_a_command(cli, tmp_path):
     finally:
         procs.close()
         ngx.stop()
+
+
+def test_doctor_warns_about_missing_key_file_and_command(cli, tmp_path):
+    assert cli("add", "a", "--url", "rtmp://127.0.0.1/live", "--key-file", str(tmp_path / "nope"))[0] == 0
+    assert cli("add", "b", "--url", "rtmp://127.0.0.1/live", "--key-cmd", "/nonexistent/pass show b")[0] == 0
+    code, out, err = cli("doctor")
+    assert "a: its key file does not exist here" in out and "b: its key command's program is not found" in out, out
+    assert str(tmp_path / "nope") not in out

@@ -145,6 +145,18 @@ def _config(report: Report, profile_name: str) -> prof.Profile | None:
                                      f"(go would refuse it here; cron and systemd need it set explicitly)")
         if d.ca_file and not Path(d.ca_file).is_file():
             report.add(WARN, "keys", f"{d.name}: CA file {d.ca_file} not found")
+        if d.stream_key_file:  # checked, never read (nor its path printed: see keysource)
+            from restream import keysource
+
+            try:
+                found = Path(keysource.expand_path(d.stream_key_file)).is_file()
+            except KeyError as exc:
+                report.add(WARN, "keys", f"{d.name}: its key file is under ${exc.args[0]}, which is not set here")
+            else:
+                if not found:
+                    report.add(WARN, "keys", f"{d.name}: its key file does not exist here (go would refuse it)")
+        if d.stream_key_cmd and shutil.which(d.stream_key_cmd[0]) is None:
+            report.add(WARN, "keys", f"{d.name}: its key command's program is not found here (go would refuse it)")
     return selected
 
 
