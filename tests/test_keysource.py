@@ -349,3 +349,34 @@ def test_doctor_warns_about_missing_key_file_and_command(cli, tmp_path):
     code, out, err = cli("doctor")
     assert "a: its key file does not exist here" in out and "b: its key command's program is not found" in out, out
     assert str(tmp_path / "nope") not in out
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_live_add_runs_only_the_new_destinations_key_command(cli, tmp_path):
+    from test_go_e2e import CHEAP, Procs, receivers_done
+
+    counter = tmp_path / "runs"
+
+    def counting(name: str, key: str) -> Path:
+        return _script(tmp_path / f"key-{name}", "import pathlib\n"
+                       f"p = pathlib.Path({str(counter)!r})\n"
+                       f"p.open('a').write({name!r} + '\\n')\n"
+                       f"print({key!r})\n")
+
+    procs = Procs(tmp_path)
+    try:
+        a = procs.receiver("a", "key-a-0123456789")
+        b = procs.receiver("b", "key-b-0123456789")
+        assert cli("add", "a", "--url", a.url, "--key-cmd", str(counting("a", "key-a-0123456789")))[0] == 0
+        go = procs.go(*CHEAP, "--duration", "12s", "--json", "--status-interval", "0.5")
+        go.wait_live(["a"])
+        assert counter.read_text() == "a\n"
+        assert cli("add", "b", "--url", b.url, "--key-cmd", str(counting("b", "key-b-0123456789")))[0] == 0
+        go.wait_state("b", "live", 10)
+        assert go.state_now("a") == "live" and counter.read_text() == "a\nb\n"  # a's command was not run again
+        assert go.wait(40) == 0, go.stderr
+        receivers_done(a, b)
+        assert a.stream_names() == [] and b.stream_names() == [] and probe(b.out).decodes
+    finally:
+        procs.close()
