@@ -18,17 +18,10 @@ import pytest
 
 from conftest import CANARY_KEY
 from restream import profile as prof
-from support import free_port, probe
-from test_go_e2e import CHEAP, Procs, _ts, receivers_done
+from support import bound, free_port, probe, timing
+from test_go_e2e import CHEAP, _ts, receivers_done
 
 SWITCH_BOUND_S = 6.0
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.close()
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------------
@@ -84,6 +77,7 @@ def _switches(go, name: str) -> list[dict]:
     return [e for e in go.events if e.get("event") == "ingest" and e["destination"] == name]
 
 
+@timing
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("primary", ["nothing listening", "refuses the publish"])
@@ -113,7 +107,7 @@ def test_primary_down_at_start_backup_receives_within_6s(procs, cli, tmp_path, p
     assert live.get("ingest") == "backup", live
     print(f"primary {primary}: live on the backup {took:.2f} s after the start; switched after "
           f"{_ts(switch) - start:.2f} s: {switch['reason']}")
-    assert took <= SWITCH_BOUND_S, f"live on the backup only {took:.2f} s after the start"
+    bound(took, SWITCH_BOUND_S, "from the start to live on the backup")
     if ngx is not None:
         attempts = ngx.attempts("a1")
         assert len(attempts) >= 3 and not any(a.accepted for a in attempts)
@@ -128,6 +122,7 @@ def test_primary_down_at_start_backup_receives_within_6s(procs, cli, tmp_path, p
     assert [e["state"] for e in go.states("other")] == ["connecting", "live", "stopped"]
 
 
+@timing
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 def test_primary_killed_mid_stream_moves_to_backup_others_untouched(procs, cli):
@@ -149,7 +144,8 @@ def test_primary_killed_mid_stream_moves_to_backup_others_untouched(procs, cli):
     took = _ts(live) - killed
     (switch,) = _switches(go, "yt")
     print(f"killed the primary: live on the backup after {took:.2f} s; switch: {switch['reason']}")
-    assert took <= SWITCH_BOUND_S and live.get("ingest") == "backup", (took, live)
+    assert live.get("ingest") == "backup", live
+    bound(took, SWITCH_BOUND_S, "from the primary's death to live on the backup")
     assert go.wait(40) == 0, go.stderr
     receivers_done(backup, other)
     end = go.events[-1]
@@ -158,7 +154,6 @@ def test_primary_killed_mid_stream_moves_to_backup_others_untouched(procs, cli):
     assert [e["state"] for e in go.states("other")] == ["connecting", "live", "stopped"]
     m = probe(backup.out)
     assert m.decodes and m.first_packet_key and m.duration >= 5, m
-    assert primary.connected()  # it had the stream before it died (SIGKILL: its file is not written out)
 
 
 # -- the relay's failover rule (no ffmpeg: a bare client speaks the first handshake bytes) ---------------------------

@@ -19,7 +19,7 @@ import pytest
 from conftest import CANARY_KEY, assert_no_canary
 from restream import keysource
 from restream import profile as prof
-from support import free_port, probe
+from support import bound, probe, timing
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 
@@ -150,7 +150,7 @@ def test_key_cmd_timeout_kills_the_group(tmp_path):
     start = time.monotonic()
     with pytest.raises(keysource.KeySourceError, match="did not finish within 1 s"):
         keysource.run_command(dest(stream_key_cmd=[str(hanging(tmp_path))]), timeout=1)
-    assert time.monotonic() - start < 4
+    assert time.monotonic() - start < 4  # a pure test: a plain bound, generous
     assert sleepers() == [], "the command's child outlived the timeout"
 
 
@@ -233,6 +233,7 @@ def test_key_cmd_unbalanced_quote_is_not_echoed(cli):
 
 # -- the CLI: going live ---------------------------------------------------------------------------------------------
 
+@timing
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", ["missing file", "unreadable file", "cmd fails", "cmd hangs", "unset var"])
@@ -272,7 +273,8 @@ def test_failing_key_source_exits_3_before_anything_connects(case, cli, tmp_path
         assert go.tee_ffmpegs() == [] and (proxy.accepted, proxy.refused) == (0, 0) and not good.connected()
         assert not log.exists() or "CANARY" not in log.read_text()
         if case == "cmd hangs":
-            assert "within 10 s" in go.stderr and 9.5 <= took <= 20, took
+            assert "within 10 s" in go.stderr and took >= 9.5, took
+            bound(took, 20, "a hanging key command refused")
             assert sleepers() == []
         print(f"{case}: exit 3 after {took:.2f} s: {go.stderr.strip()}")
     finally:
