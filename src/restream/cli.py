@@ -500,7 +500,9 @@ def show_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json
         typer.echo(json.dumps(row, ensure_ascii=False, indent=2))
         return
     preset = platforms.get(d.platform)
-    row["key"] = row.pop("stream_key") or "-"
+    row["key"] = row.pop("stream_key") or ({"file": "(read from its key file when going live)",
+                                             "command": "(from its key command, run when going live)"}
+                                            .get(row["key_source"], "-"))
     row["enabled"] = "yes" if d.enabled else "no"
     row["platform"] = preset.title if preset else (d.platform or "-")
     row["encoding"] = d.describe_encoding() if d.encoding() else "the broadcast's"
