@@ -534,3 +534,35 @@ def test_slow_destination_back_pressures_publisher_and_bytes_are_exact(relay):
         pub.close()
         conn.close()
         dst.close()
+
+
+@pytest.mark.timeout(30)
+def test_reset_after_unpublish_is_a_clean_end(relay):
+    # The false failure at a clean end (issue 11): ffmpeg unpublishes, then closes with unread acknowledgements in
+    # its socket, so the relay sees "Connection reset by peer". Mutation caught: classifying that reset as a failure
+    # (a "disconnected" event with "... connection failed: Connection reset by peer").
+    import struct
+
+    server = FakeServer()
+    relay.serve(server.start())
+    relay.assign(0, Upstream("fake", f"rtmp://127.0.0.1:{server.port}/live", "k3y-reset"))
+    port = int(relay.relay.slave_url(0).split(":")[2].split("/")[0])
+    w = rtmp.ChunkWriter()
+    with socket.create_connection(("127.0.0.1", port)) as pub:
+        pub.sendall(b"\x03" + bytes(rtmp.HANDSHAKE_SIZE))
+        got = b""
+        while len(got) < 1 + 2 * rtmp.HANDSHAKE_SIZE:
+            got += pub.recv(65536)
+        pub.sendall(got[1:1 + rtmp.HANDSHAKE_SIZE])
+        pub.sendall(w.write(rtmp.command_message(["connect", 1.0, {"app": "slot", "tcUrl": f"rtmp://127.0.0.1:{port}/slot"}])))
+        pub.sendall(w.write(rtmp.command_message(["createStream", 2.0, None])))
+        pub.sendall(w.write(rtmp.command_message(["publish", 3.0, None, "slot-0", "live"], csid=8, stream_id=1)))
+        pub.sendall(w.write(rtmp.Message(6, 0, rtmp.VIDEO, 1, b"\x17\x00" + bytes(64))))
+        relay.wait_event("live")
+        pub.sendall(w.write(rtmp.command_message(["FCUnpublish", 4.0, None, "slot-0"])))
+        pub.sendall(w.write(rtmp.command_message(["deleteStream", 5.0, None, 1.0])))
+        wait_for(lambda: "deleteStream" in server.commands(), 5, what="the unpublish to reach the destination")
+        pub.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    e = relay.wait_event("ended")
+    assert e.error is None and relay.kinds(0) == ["connecting", "live", "ended"], relay.events
+    assert [v[3] for v in server.commands()["FCUnpublish"]] == ["k3y-reset"]
