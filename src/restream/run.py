@@ -200,8 +200,6 @@ class Broadcast:
     # -- state ------------------------------------------------------------------------------------------------
 
     def _feed(self, e: lifecycle.Event) -> None:
-        if os.environ.get("RESTREAM_DEBUG_LIFE"):
-            print("LIFE", time.time(), e, file=sys.stderr)
         old, self.life = self.life, lifecycle.step(self.life, e)
         if old is self.life:
             return
