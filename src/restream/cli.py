@@ -182,6 +182,53 @@ RecordOpt = Annotated[Optional[str], typer.Option(
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Let --record replace an existing file.")]
 DurationOpt = Annotated[Optional[str], typer.Option(
     "--duration", metavar="90s|30m|2h|7d", help="Stop cleanly after this long (at most 366d).")]
+SLATE_CARD = "\x00card"  # --slate given without a FILE: restream's card
+SlateOpt = Annotated[Optional[str], typer.Option(
+    "--slate", metavar="[FILE]", help="Keep the destinations published while the source is gone: show a slate "
+    "(restream's card, or FILE: an image, or a video looped with its sound) and switch back when it returns. "
+    "Encodes once. Put it after the input, or use --slate=FILE.")]
+SlateTimeoutOpt = Annotated[str, typer.Option(
+    "--slate-timeout", metavar="10m|0", help="With --slate: end cleanly after this long without a source "
+    "(0: never).")]
+
+
+class _OptionalValue(typer.core.TyperCommand):
+    """A command whose --slate may be given with or without its FILE (Typer does not pass Click's flag_value)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        import click
+
+        for p in self.params:
+            if isinstance(p, click.Option) and p.name == "slate":
+                p._flag_needs_value = True
+                p.flag_value = SLATE_CARD
+
+
+def slate_options(ffmpeg_path: str, slate: str | None, timeout: str, inp) -> object | None:
+    """--slate [FILE] and --slate-timeout, checked before anything starts (the file is opened as it will be)."""
+    from restream import discover, plan, sources
+    from restream import run as runner
+
+    if slate is None:
+        if timeout != "10m":
+            raise UsageError("--slate-timeout goes with --slate")
+        return None
+    if inp.kind in ("file", "test"):
+        raise UsageError("--slate is for live inputs (a URL, a device, relay mode's publishers): a file or the test "
+                         "card never goes away")
+    if inp.kind == "stdin":
+        raise UsageError("--slate cannot reopen standard input: give the source's URL instead")
+    seconds = plan.parse_duration(timeout)
+    file = None
+    if slate != SLATE_CARD:
+        if "://" in slate:
+            raise UsageError(f"--slate took {slate!r} as its FILE: put --slate after the input, or use --slate=FILE")
+        info = discover.probe_input(ffmpeg_path, slate)
+        if not info.has_video:
+            raise UsageError(f"--slate {slate}: it has no picture")
+        file = sources.SlateFile(slate, image=info.video_codec in sources.IMAGE_CODECS, has_audio=info.has_audio)
+    return runner.Slate(file, seconds or None)
 
 
 def conflicts(inp, *, copy: bool = False, size=None, fps=None, image=None) -> None:
@@ -802,7 +849,7 @@ def _close_views(sinks, snap) -> None:
 def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
                quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
                only=None, skip=None, lock: bool = True, ingest=None, once: bool = False,
-               stall_timeout: float = 30.0, caps: bool = True) -> int:
+               stall_timeout: float = 30.0, caps: bool = True, slate: tuple[str | None, str] = (None, "10m")) -> int:
     """The shared path of `go` (and the demo): check everything, then run one broadcast and show it."""
     import asyncio
     from dataclasses import asdict, replace
@@ -836,13 +883,19 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
             warn(f"--copy sends {info.video_codec}/{info.audio_codec} as is; platforms expect h264/aac")
     if inp.kind == "device" and not Path(inp.target[len("v4l2:"):]).exists():
         raise UsageError(f"capture device not found: {inp.target[len('v4l2:'):]}")
+    slate_spec = slate_options(ff.path, slate[0], slate[1], inp)
     if record:  # the file type, and that it fits the stream (--copy), checked before anything starts
         plan.build(ff.path, inp, enc, (plan.record_slave(record),))
-    font = plan.find_font() if inp.kind == "test" else None
+    font = plan.find_font() if inp.kind == "test" or slate[0] is not None else None
     # keys, and credentials in URLs (rtmp://user:password@host/…): the destinations' and the input's
     url_creds = [c for t in targets for c in url_secrets(t.server_url)] + url_secrets(inp.target)
     secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else []) + url_creds
     if dry_run:
+        if slate_spec is not None:  # the broadcast's ffmpeg reads the switcher's pipes (fds as an example)
+            inp = replace(inp, kind="switch", raw=plan.Raw(enc.size or (1280, 720),
+                                                           plan.number(enc.fps) if enc.fps else "30", 3, 4))
+            typer.echo("# --slate: a source ffmpeg per source session decodes it to raw frames; the size and rate "
+                       "are --size/--fps, else the first source's")
         slaves, slot_of, _ = runner.layout(targets, lambda i: f"rtmp://127.0.0.1:<slot-{i}-port>/slot/slot-{i}",
                                            record, groups)
         p = plan.build(ff.path, inp, enc, slaves, duration, font=font, groups=groups)
@@ -895,7 +948,7 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
                              input_label=redact(_describe_input(inp)), watch=watch, once=once,
                              secrets=((ingest["key"],) if ingest else ()) + tuple(url_creds),
                              queue_size=2000 if ingest else 600, input_duration=input_duration,
-                             stall_timeout=stall_timeout,
+                             stall_timeout=stall_timeout, slate=slate_spec,
                              on_ready=(lambda: typer.echo(banner, err=True)) if banner else None)
         if ingest:
             from restream.ingest import IngestGate
@@ -932,10 +985,11 @@ def urlsplit_scheme(url: str) -> str:
     return urlsplit(url).scheme.lower()
 
 
-@command("go", epilog="Examples:\n\n"
+@command("go", cls=_OptionalValue, epilog="Examples:\n\n"
          "  restream go show.mp4 --loop                 (every enabled destination)\n\n"
          "  restream go --test-pattern --duration 60s   (try your destinations)\n\n"
          "  restream go rtmp://127.0.0.1/live/cam --copy --only youtube,twitch\n\n"
+         "  restream go srt://0.0.0.0:9000?mode=listener --slate   (a slate while the source is gone)\n\n"
          "  ffmpeg -i in.mkv -f mpegts - | restream go -\n\n"
          "  restream go v4l2:/dev/video0 --audio pulse:default --record local.mkv\n\n"
          "  restream go show.mp4 --dry-run              (print the ffmpeg command, keys masked)")
@@ -968,6 +1022,8 @@ def go_cmd(
     status_interval: StatusIntervalOpt = 10.0,
     log_file: LogFileOpt = None,
     stall_timeout: StallTimeoutOpt = 30.0,
+    slate: SlateOpt = None,
+    slate_timeout: SlateTimeoutOpt = "10m",
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
     """Go live: encode once, send to every enabled destination (at most five).
@@ -985,6 +1041,8 @@ def go_cmd(
         audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"),
         size=plan.parse_size(size) if size else None, fps=plan.parse_fps(fps) if fps else None)
     conflicts(inp, copy=copy, size=size, fps=fps, image=image)
+    if slate is not None and copy:
+        raise UsageError("--slate encodes (the slate and every source become one stream): leave out --copy")
     if image is not None:
         inp = replace(inp, image=str(image))
     seconds = plan.parse_duration(duration) if duration else None
@@ -1000,7 +1058,8 @@ def go_cmd(
     code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
                       duration=seconds, dry_run=dry_run, show_keys=show_keys, mode=mode, quiet=quiet,
                       status_interval=status_interval, log_file=log_file, command_name="go", only=only, skip=skip,
-                      stall_timeout=_stall_timeout(stall_timeout), caps=not no_caps)
+                      stall_timeout=_stall_timeout(stall_timeout), caps=not no_caps,
+                      slate=(slate, slate_timeout))
     raise typer.Exit(code)
 
 
@@ -1069,9 +1128,10 @@ def demo_cmd(
     raise typer.Exit(EXIT_OK if ok else (code or EXIT_BROADCAST))
 
 
-@command("relay", epilog="Examples:\n\n"
+@command("relay", cls=_OptionalValue, epilog="Examples:\n\n"
          "  restream relay                       (OBS: server rtmp://127.0.0.1:1935/live, key shown once)\n\n"
          "  restream relay --only youtube,twitch --once\n\n"
+         "  restream relay --slate                (destinations stay up between publishers, on a slate)\n\n"
          "  restream relay --listen rtmp://0.0.0.0:1935/live --public   (other machines may publish)")
 def relay_cmd(
     listen: Annotated[str, typer.Option("--listen", metavar="URL",
@@ -1094,6 +1154,12 @@ def relay_cmd(
     status_interval: StatusIntervalOpt = 10.0,
     log_file: LogFileOpt = None,
     stall_timeout: StallTimeoutOpt = 30.0,
+    slate: SlateOpt = None,
+    slate_timeout: SlateTimeoutOpt = "10m",
+    size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="With --slate or --transcode: "
+                                                "the size sent (default: the first publisher's).")] = None,
+    fps: Annotated[Optional[str], typer.Option("--fps", help="With --slate or --transcode: the frame rate sent "
+                                               "(default: the first publisher's).")] = None,
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
     """Relay: a local ingest for OBS or a hardware encoder, fanned out without re-encoding.
@@ -1130,6 +1196,11 @@ def relay_cmd(
     key_given = path[1] if len(path) == 2 else os.environ.get("RESTREAM_INGEST_KEY") or None
     if record and not once:
         raise UsageError("--record in relay mode needs --once: each new publisher would start the file again")
+    if slate is not None and once:
+        raise UsageError("--slate keeps the destinations published between publishers; --once ends at the first "
+                         "one's end: use one or the other")
+    if (size or fps) and slate is None and not transcode:
+        raise UsageError("--size and --fps need an encode: add --slate or --transcode")
     mode = _output_mode(plain, as_json)
     stall_timeout = _stall_timeout(stall_timeout)
     p = _load_existing(profile)
@@ -1138,8 +1209,10 @@ def relay_cmd(
         from restream import recording
 
         record = recording.check(recording.expand(record, p.name), overwrite=overwrite)
-    enc = plan.Encoding(copy=not transcode, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
-                        audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"))
+    enc = plan.Encoding(copy=not (transcode or slate is not None),
+                        video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),
+                        audio_bitrate_k=plan.parse_bitrate(audio_bitrate, "audio bitrate"),
+                        size=plan.parse_size(size) if size else None, fps=plan.parse_fps(fps) if fps else None)
     _bitrate_warnings(dests, enc)
     if key_given:
         key = prof.validate_key(key_given)
@@ -1156,7 +1229,7 @@ def relay_cmd(
                       status_interval=status_interval, log_file=log_file, command_name="relay", only=only,
                       skip=skip, ingest={"host": host, "port": port, "app": app, "key": key,
                                          "banner": banner},  # printed once the port is bound and the lock held
-                      once=once, stall_timeout=stall_timeout)
+                      once=once, stall_timeout=stall_timeout, slate=(slate, slate_timeout))
     raise typer.Exit(code)
 
 

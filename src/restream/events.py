@@ -22,7 +22,7 @@ class Started:
     profile: str
     input: str  # redacted description of the input
     ffmpeg: str  # path and version
-    pid: int
+    pid: int | None  # None with --slate: ffmpeg starts when the first source delivers
     destinations: tuple[tuple[str, str], ...]  # (name, url without key)
 
 
@@ -82,6 +82,8 @@ class Ended:
     reason: str  # "input ended", "duration reached", "interrupted", "terminated", "ffmpeg failed: …"
     ffmpeg_returncode: int | None = None
     sessions: int | None = None  # relay mode: publisher sessions carried
+    slate_s: float | None = None  # --slate: time the slate was on air
+    handovers: int | None = None  # --slate: switches from the slate back to a live source
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,17 @@ class IngestSwitch:
     reason: str  # already redacted
 
 
-Event = Started | Progress | DestState | Traffic | Log | Recording | Ended | NewSession | IngestSwitch
+@dataclass(frozen=True)
+class SourceState:
+    """--slate: the source as the destinations see it: ``waiting`` (none yet), ``live``, ``lost`` (its frames
+    stopped; the last picture is held for up to half a second), ``slate`` (the slate is on air)."""
+
+    ts: float
+    state: str
+    detail: str  # already redacted
+
+
+Event = Started | Progress | DestState | Traffic | Log | Recording | Ended | NewSession | IngestSwitch | SourceState
 
 
 # -- -progress parsing --------------------------------------------------------------------------------------------

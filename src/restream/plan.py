@@ -38,8 +38,26 @@ FONT_CANDIDATES = (
 
 
 @dataclass(frozen=True)
+class Raw:
+    """The frame switcher's output (``--slate``): raw yuv420p frames and s16le 48 kHz stereo on two pipes."""
+
+    size: tuple[int, int]
+    rate: str  # exact: "30", "30000/1001"
+    video_fd: int = 0
+    audio_fd: int = 0
+
+    @property
+    def label(self) -> str:
+        from fractions import Fraction
+
+        r = Fraction(self.rate)
+        return f"{self.size[0]}x{self.size[1]}@{number(round(float(r), 2))}"
+
+
+@dataclass(frozen=True)
 class Input:
-    """What to broadcast. ``kind``: file, url, device, stdin, test, or listen (relay mode's ingest)."""
+    """What to broadcast. ``kind``: file, url, device, stdin, test, listen (relay mode's ingest), or switch (the
+    frame switcher of ``--slate``: the source and the slate arrive as raw frames, ``raw``)."""
 
     kind: str
     target: str | None = None
@@ -51,6 +69,7 @@ class Input:
     audio_codec: str | None = None
     has_video: bool = True  # files: known from probing; an audio-only file goes out over a still picture
     image: str | None = None  # audio-only input: the still picture (--image), else black
+    raw: Raw | None = None  # kind "switch": the frame switcher's pipes (--slate)
 
     @property
     def still(self) -> bool:
@@ -369,6 +388,13 @@ def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
         return args
     if inp.kind == "stdin":
         return ["-i", "pipe:0"]
+    if inp.kind == "switch":  # timestamps by byte count: monotonic and gap-free whatever the sources do
+        assert inp.raw is not None
+        w, h = inp.raw.size
+        return ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-video_size", f"{w}x{h}", "-framerate", inp.raw.rate,
+                "-thread_queue_size", "16", "-i", f"pipe:{inp.raw.video_fd}",
+                "-f", "s16le", "-sample_rate", "48000", "-ch_layout", "stereo", "-thread_queue_size", "256",
+                "-i", f"pipe:{inp.raw.audio_fd}"]
     if inp.kind == "listen":  # relay mode: the ingest gate writes the verified publisher's stream as FLV to stdin
         return ["-f", "flv", "-i", "pipe:0"]
     if inp.kind == "url":
@@ -388,7 +414,7 @@ def stream_maps(inp: Input) -> list[str]:
         return ["-map", "1:v:0", "-map", "0:a:0", "-shortest"]
     if inp.silence:
         return ["-map", "0:v:0", "-map", "1:a:0", "-shortest"]
-    if inp.kind == "test" or (inp.kind == "device" and inp.audio):
+    if inp.kind in ("test", "switch") or (inp.kind == "device" and inp.audio):
         return ["-map", "0:v:0", "-map", "1:a:0"]
     return ["-map", "0:v:0", "-map", "0:a:0?"]
 
@@ -416,6 +442,8 @@ def encode_args(inp: Input, enc: Encoding) -> list[str]:
     if enc.copy:
         return copy_args(inp, enc)
     fps = enc.fps or (30 if inp.kind == "test" else STILL_FPS if inp.still else inp.fps)
+    if inp.kind == "switch" and inp.raw is not None:
+        fps = _made(inp, enc)[1]
     args: list[str] = []
     chain = video_chain(inp, enc)
     if chain:
@@ -472,7 +500,7 @@ def _sources(inp: Input) -> tuple[str, str]:
     """(video, audio) input stream specifiers, as ``stream_maps`` maps them."""
     if inp.still:
         return "1:v:0", "0:a:0"
-    if inp.silence or inp.kind == "test" or (inp.kind == "device" and inp.audio):
+    if inp.silence or inp.kind in ("test", "switch") or (inp.kind == "device" and inp.audio):
         return "0:v:0", "1:a:0"
     return "0:v:0", "0:a:0?"
 
@@ -483,6 +511,10 @@ def _made(inp: Input, base: Encoding) -> tuple[tuple[int, int] | None, float | N
         return base.size or (1280, 720), base.fps or 30
     if inp.still:
         return base.size or STILL_SIZE, base.fps or STILL_FPS
+    if inp.kind == "switch" and inp.raw is not None:
+        from fractions import Fraction
+
+        return inp.raw.size, float(Fraction(inp.raw.rate))
     return None, None
 
 
@@ -603,3 +635,71 @@ def group_args(inp: Input, base: Encoding, groups: tuple[Group, ...]) -> list[st
 
 def find_font(exists=lambda p: Path(p).is_file()) -> str | None:
     return next((f for f in FONT_CANDIDATES if exists(f)), None)
+
+
+# -- the slate's sources (--slate) ----------------------------------------------------------------------------------
+
+PROBE_FAST = ["-fpsprobesize", "0", "-analyzeduration", "500000"]  # a publisher's picture in ~0.3 s, not ~1.8 s
+
+
+def fit_chain(size: tuple[int, int] | None, rate: str | None) -> str:
+    """Any picture to the broadcast's raw format: its rate (from 0, so picture and sound start together), fitted
+    into its size on black. Unknown size or rate (the first source decides them): the source's own."""
+    chain = [f"fps=fps={rate or 'source_fps'}:start_time=0"]
+    if size is not None:
+        w, h = size
+        chain += [f"scale={w}:{h}:force_original_aspect_ratio=decrease",
+                  f"pad={w}:{h}:(ow-iw)/2:(oh-ih)/2"]
+    else:
+        chain.append("scale=trunc(iw/2)*2:trunc(ih/2)*2")  # x264 takes even sizes only
+    return ",".join(chain + ["setsar=1", "format=yuv420p"])
+
+
+def raw_outputs(size: tuple[int, int] | None, rate: str | None, video_fd: int, audio_fd: int | None) -> list[str]:
+    """A source ffmpeg's two outputs: raw frames, and (when it has sound) raw sound, each flushed per packet."""
+    args = ["-map", "0:v:0", "-vf", fit_chain(size, rate), "-c:v", "rawvideo", "-f", "rawvideo",
+            "-flush_packets", "1", f"pipe:{video_fd}"]
+    if audio_fd is not None:
+        args += ["-map", "0:a:0", "-af", "aresample=48000:async=1:first_pts=0", "-ac", "2", "-c:a", "pcm_s16le",
+                 "-f", "s16le", "-flush_packets", "1", f"pipe:{audio_fd}"]
+    return args
+
+
+def source_argv(ffmpeg: str, inp: Input, size: tuple[int, int] | None, rate: str | None, video_fd: int,
+                audio_fd: int | None) -> list[str]:
+    """One source session's ffmpeg: the live input (relay mode: the publisher's FLV on stdin) decoded to the
+    broadcast's raw format. One decoder thread: fewer frames held back when the source breaks off."""
+    head = [ffmpeg, "-hide_banner", "-loglevel", "level+info", "-nostats", *PROBE_FAST, "-threads", "1"]
+    if inp.kind == "listen":
+        head += ["-f", "flv", "-i", "pipe:0"]
+    else:
+        head += ["-nostdin", *input_args(inp, Encoding())]
+    return head + raw_outputs(size, rate, video_fd, audio_fd)
+
+
+def card_argv(ffmpeg: str, size: tuple[int, int], font: str | None, background: tuple[int, int, int]) -> list[str]:
+    """One raw frame: restream's slate card (the background colour, and the words when a font is at hand)."""
+    w, h = size
+    colour = "0x%02x%02x%02x" % background
+    graph = f"color=c={colour}:size={w}x{h}:rate=1"
+    if font:
+        big, small = max(14, h // 12), max(10, h // 30)
+        graph += (f",drawtext=fontfile={font}:text=We\u2019ll be right back:x=(w-tw)/2:y=h*0.38:fontsize={big}"
+                  f":fontcolor=white,drawtext=fontfile={font}:text=restream \u00b7 waiting for the source:x=(w-tw)/2:y=h*0.38+{big * 2}:fontsize={small}:fontcolor=0xb0b8c8")
+    return [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i", graph,
+            "-frames:v", "1", "-pix_fmt", "yuv420p", "-f", "rawvideo", "pipe:1"]
+
+
+def picture_argv(ffmpeg: str, path: str, size: tuple[int, int]) -> list[str]:
+    """One raw frame of an image (or a video's first picture), fitted into the broadcast's size on black."""
+    w, h = size
+    return [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-i", path, "-frames:v", "1",
+            "-vf", f"scale={w}:{h}:force_original_aspect_ratio=decrease,pad={w}:{h}:(ow-iw)/2:(oh-ih)/2,setsar=1,"
+            "format=yuv420p", "-f", "rawvideo", "pipe:1"]
+
+
+def loop_argv(ffmpeg: str, path: str, size: tuple[int, int], rate: str, video_fd: int,
+              audio_fd: int | None) -> list[str]:
+    """A video slate: the file looped for ever, decoded as fast as it is read (the switcher paces it)."""
+    return [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-stream_loop", "-1", "-i", path,
+            *raw_outputs(size, rate, video_fd, audio_fd)]

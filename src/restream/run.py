@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -115,6 +115,14 @@ def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | 
     return tuple(slaves), slot_of, relay_slots
 
 
+@dataclass(frozen=True)
+class Slate:
+    """--slate: what to show while no source delivers (None: restream's card), and how long before the end."""
+
+    file: object | None = None  # a sources.SlateFile
+    timeout: float | None = 600.0  # seconds on the slate before a clean end; None: never
+
+
 def die_with_parent() -> None:
     """In the child before exec: kill it if restream dies (even by SIGKILL), so no ffmpeg is left behind.
 
@@ -158,6 +166,7 @@ class Broadcast:
         secrets: tuple[str, ...] = (),
         stall_timeout: float = STALL_TIMEOUT_S,
         on_ready: Callable[[], None] | None = None,
+        slate: Slate | None = None,
     ) -> None:
         self.ffmpeg, self.inp, self.enc = ffmpeg, inp, enc
         self.emit = on_event
@@ -196,6 +205,15 @@ class Broadcast:
         self._input_ready = asyncio.Event()  # relay mode: the running ffmpeg's stdin awaits a verified publisher
         self._fed = False  # relay mode: the running ffmpeg's stdin was handed to a publisher
         self._intruders = (0.0, 0)  # when the last refused connection was reported, and how many since
+        self.slate = slate  # --slate: the sources feed a frame switcher; the destinations stay published throughout
+        self._poke_slate = asyncio.Event()  # the source's state changed
+        self.desk = None  # --slate: the sources.SourceDesk (made in run)
+        self._pass_fds: tuple[int, ...] = ()
+
+    @property
+    def per_session(self) -> bool:
+        """Relay mode without --slate: one ffmpeg per publisher, each session judged at its end."""
+        return self.gate is not None and self.slate is None
 
     # -- state ------------------------------------------------------------------------------------------------
 
@@ -331,7 +349,7 @@ class Broadcast:
         self.stop_reason = reason
         self._hard = hard
         self._stop_at = time.monotonic()
-        if hard or self.gate is None:
+        if hard or not self.per_session:
             self._judge()
         # relay mode, soft (--once's publisher left): ffmpeg still sends what it buffered; the verdict is taken
         # when it has ended (``_finish``), the clock runs from now
@@ -356,7 +374,8 @@ class Broadcast:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._poke = asyncio.Event()
-        self.life = lifecycle.initial(list(self.targets), relay=self.gate is not None)  # the gate is set by now
+        # the gate is set by now; with --slate the destinations wait for the first source, then stay published
+        self.life = lifecycle.initial(list(self.targets), relay=self.gate is not None or self.slate is not None)
         await self.relay.start()
         self.relay.on_intruder = self._intruder
         self.relay.allow_only(None)  # only the ffmpeg about to start may publish to the slots (PID given below)
@@ -367,8 +386,10 @@ class Broadcast:
             self._quiet_ports = {str(p) for p in self.relay.ports}
             p = plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration, self.queue_size, self.font,
                            groups=self.groups)
+            if self.slate is not None:
+                self.desk = self._make_desk()
             if self.gate is not None:
-                self.gate.sink = self.ingest_input
+                self.gate.sink = self.ingest_input if self.desk is None else self._feed_sink
                 try:
                     await self.gate.start()
                 except OSError as exc:
@@ -383,8 +404,10 @@ class Broadcast:
             background = [asyncio.create_task(self._traffic())]
             if self.watch:
                 background.append(asyncio.create_task(self._watch()))
+            if self.slate is not None:
+                return self._finish(await self._slate_broadcast(background))
             rc = await self._session(p.argv, first=True)
-            while self.gate is not None and not self._stop.is_set():
+            while self.per_session and not self._stop.is_set():
                 self._codec_checked = False
                 rc = await self._session(p.argv, first=False)
             return self._finish(rc)
@@ -396,7 +419,94 @@ class Broadcast:
                     loop.remove_signal_handler(sig)
             if self.gate is not None:
                 await self.gate.close()
+            if self.desk is not None:
+                await self.desk.close()
             await self.relay.close()
+
+    # -- --slate ----------------------------------------------------------------------------------------------------
+
+    def _make_desk(self):
+        from restream import sources
+
+        assert self.slate is not None
+        rate = plan.number(self.enc.fps) if self.enc.fps else None
+        return sources.SourceDesk(self.ffmpeg, slate=self.slate.file, size=self.enc.size, rate=rate, font=self.font,
+                                  redact=self.redact, on_state=self._source_state,
+                                  pull=None if self.gate is not None else self.inp)
+
+    async def _feed_sink(self):
+        """Relay mode with --slate: the next verified publisher's FLV goes to a new source ffmpeg."""
+        from restream import sources
+
+        assert self.desk is not None
+        if self._stop.is_set():
+            return None
+        return sources.FeedSink(self.desk, "publisher")
+
+    def _source_state(self, state: str, detail: str) -> None:
+        self.emit(ev.SourceState(time.time(), state, self.redact(detail)))
+        self._poke_slate.set()
+
+    async def _slate_broadcast(self, background: list[asyncio.Task]) -> int:
+        """--slate: the destinations are published once, when the first source delivers, and stay published until
+        the stop; the sources come and go behind the switcher. Returns ffmpeg's exit status (0 if it never ran)."""
+        assert self.desk is not None and self.slate is not None
+        desk = self.desk
+        self._started_at = time.time()
+        self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, None,
+                             tuple((t.name, t.server_url) for t in self.targets.values())))
+        for d in self.life.dests:
+            self.emit(ev.DestState(time.time(), d.name, d.state))
+        self._source_state(desk.state, "waiting for a publisher" if self.gate is not None else
+                           "opening the source")
+        if self.on_ready is not None:
+            self.on_ready()
+        if desk.pull is not None:
+            background.append(asyncio.create_task(desk.pull_loop()))
+        background.append(asyncio.create_task(self._slate_clock()))
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([stop, desk.first], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not desk.first.done():
+            return 0  # stopped before any source came: nothing went out
+        raw = desk.first.result()
+        self.inp = replace(self.inp, kind="switch", raw=raw, fps=None)
+        self.emit(ev.Log(time.time(), NOTICE, f"encoding at {raw.label} (the slate and every source are fitted to it)"))
+        self._slaves()
+        p = plan.build(self.ffmpeg, self.inp, self.enc, self._slaves(), self.duration, self.queue_size, self.font,
+                       groups=self.groups)
+        self._pass_fds = (raw.video_fd, raw.audio_fd)
+        self._feed(lifecycle.SessionStart())
+        return await self._session(p.argv, first=True)
+
+    async def _slate_clock(self) -> None:
+        """--slate-timeout: that long on the slate (no source) ends the broadcast in order. go: a source that never
+        delivered within it is an input failure."""
+        assert self.desk is not None and self.slate is not None
+        limit = self.slate.timeout
+        if not limit:
+            return
+        from restream import switcher
+
+        while not self._stop.is_set():
+            self._poke_slate.clear()
+            desk = self.desk
+            if desk.first.done():
+                off = desk.state in (switcher.SLATE, switcher.LOST)
+            else:
+                off = self.gate is None  # relay mode waits for its first publisher as long as it takes
+            left = limit - (time.monotonic() - desk.state_since) if off else None
+            if left is not None and left <= 0:
+                if not desk.first.done():
+                    self.input_error = f"the source delivered nothing in {plan.number(limit)} s (--slate-timeout)"
+                self._begin_stop("no source (--slate-timeout)", hard=True)
+                return
+            try:
+                await asyncio.wait_for(self._poke_slate.wait(), timeout=left if left is not None else None)
+            except TimeoutError:
+                pass
 
     async def _session(self, argv: tuple[str, ...], first: bool) -> int:
         """One ffmpeg process from start to exit (relay mode runs one per publisher)."""
@@ -404,15 +514,19 @@ class Broadcast:
         self.relay.end_stop()
         self.proc = await asyncio.create_subprocess_exec(
             *argv, stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent)
+            start_new_session=True, limit=1 << 20, preexec_fn=die_with_parent, pass_fds=self._pass_fds)
         clock = None
         self.relay.allow_only(self.proc.pid)  # connections that came meanwhile were held, unread, until now
-        if self.gate is not None:
+        if self.per_session:
             self._fed = False
             self._input_ready.set()
         if not first:
             self.emit(ev.NewSession(time.time(), self.proc.pid))
-        if first:
+        if self.desk is not None:
+            self.desk.on_air()
+            if self.duration is not None:
+                clock = asyncio.create_task(self._duration_clock())
+        if first and self.desk is None:
             self._started_at = time.time()
             self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, self.proc.pid,
                                  tuple((t.name, t.server_url) for t in self.targets.values())))
@@ -422,8 +536,8 @@ class Broadcast:
                 self.on_ready()
             if self.gate is None and self.duration is not None:
                 clock = asyncio.create_task(self._duration_clock())
-            if self.record:
-                self.emit(ev.Recording(time.time(), self.record, "recording"))
+        if first and self.record:
+            self.emit(ev.Recording(time.time(), self.record, "recording"))
         tasks = [asyncio.create_task(c) for c in (self._read_progress(), self._read_log(), self._stopper())]
         rc = await self.proc.wait()
         self._input_ready.clear()
@@ -435,7 +549,7 @@ class Broadcast:
             task.cancel()
         if clock is not None:
             clock.cancel()
-        if self.gate is not None and self.life.phase == "running" and not self._stop.is_set():
+        if self.per_session and self.life.phase == "running" and not self._stop.is_set():
             # relay mode: the publisher's session is over (ffmpeg sent everything it had and ended)
             self._feed(lifecycle.SessionEnd())
             self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
@@ -468,7 +582,7 @@ class Broadcast:
             self.publishers += 1
             self._publishing.add(e.peer)
             self.emit(ev.Log(time.time(), NOTICE, f"publisher connected from {e.peer}"))
-            if not self._stop.is_set():
+            if not self._stop.is_set() and self.per_session:
                 self._feed(lifecycle.SessionStart())
         elif e.kind == "rejected":
             self.emit(ev.Log(time.time(), "warning", f"publisher from {e.peer} rejected: {e.detail}"))
@@ -497,7 +611,10 @@ class Broadcast:
             reason = self.stop_reason or "input ended"
         if code == 0 and self.record_error:
             code = 1  # the destinations were fine; the recording was not
-        self.emit(ev.Ended(time.time(), code, reason, rc, sessions=self.life.sessions if self.gate else None))
+        sw = self.desk.switcher if self.desk is not None else None
+        slate = (round(sw.slate_frames / float(sw.fps), 3), sw.handovers) if sw is not None else (None, None)
+        self.emit(ev.Ended(time.time(), code, reason, rc, sessions=self.life.sessions if self.per_session else None,
+                           slate_s=slate[0], handovers=slate[1]))
         return code
 
     async def _stopper(self) -> None:
@@ -509,7 +626,9 @@ class Broadcast:
         assert proc is not None
         if not self._hard and await self._until(END_GRACE_S, wake_on_hard=True):
             return
-        if self.gate is not None and proc.stdin is not None:
+        if self.desk is not None:
+            self.desk.stop_output()  # the end of its raw input: ffmpeg finishes the stream in order
+        elif self.per_session and proc.stdin is not None:
             # relay mode: ffmpeg reads the publisher's FLV on stdin (and reads no "q"); the end of it ends ffmpeg.
             # Between publishers nothing is on air: ffmpeg then fails to open its input, as asked.
             if self.life.phase in ("waiting", "stopping") and self.publishers_now() == 0:
@@ -583,7 +702,7 @@ class Broadcast:
 
     def _end_in_sight(self, progress: ev.Progress) -> None:
         """The stream reached its end (-t, or a file's known length): the stop began, ffmpeg is ending."""
-        if self._stop.is_set() or self.gate is not None:
+        if self._stop.is_set() or self.per_session:
             return
         if progress.end:
             self._begin_stop("duration reached" if self.duration else "input ended", hard=False)
@@ -613,12 +732,12 @@ class Broadcast:
             log = ev.parse_log_line(line, time.time())
             if "Error during demuxing" in log.text or "Error retrieving a packet from demuxer" in log.text:
                 self.input_error = log.text.split("] ", 1)[-1]
-            if self.gate is not None and (any(r in log.text for r in RELAY_ROUTINE) or not self._fed):
+            if self.per_session and (any(r in log.text for r in RELAY_ROUTINE) or not self._fed):
                 # (an ffmpeg no publisher reached can only say that its empty input ended: restream ended it)
                 log = ev.Log(log.ts, "info", log.text)
             self._srt_log(log.text)
             self._record_log(log.text)
-            if self.gate is not None and self.enc.copy:
+            if self.per_session and self.enc.copy:
                 self._check_codecs(log.text)
             if not self._noise(log.text):
                 self.emit(log)

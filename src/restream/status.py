@@ -56,6 +56,20 @@ class RecordStatus:
 
 
 @dataclass(frozen=True)
+class SourceStatus:
+    """--slate: the source's state (waiting, live, lost, slate), since when, time on the slate, hand-overs."""
+
+    state: str
+    detail: str = ""
+    since: float = 0.0
+    slate_s: float = 0.0  # finished spells on the slate (the current one is added by ``slate_total``)
+    handovers: int = 0  # switches from the slate back to a live source
+
+    def slate_total(self, now: float) -> float:
+        return self.slate_s + (max(0.0, now - self.since) if self.state == "slate" else 0.0)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     profile: str = ""
     input: str = ""
@@ -77,6 +91,7 @@ class Snapshot:
     pid: int | None = None
     stream_base_s: float = 0.0  # relay mode: stream time of the publisher sessions before the current one
     recording: RecordStatus | None = None  # --record
+    source: SourceStatus | None = None  # --slate: the source as the destinations see it
 
     @property
     def stream_total_s(self) -> float | None:
@@ -148,6 +163,8 @@ def reduce(s: Snapshot, e: events.Event) -> Snapshot:
                                                                      switches=row.switches + 1)))
     if isinstance(e, events.NewSession):  # relay mode: the next ffmpeg's clock starts at 0
         return replace(s, stream_base_s=s.stream_base_s + (s.out_time_s or 0.0), out_time_s=None, pid=e.pid)
+    if isinstance(e, events.SourceState):
+        return replace(s, source=_source(s.source, e))
     if isinstance(e, events.Recording):
         if s.recording is not None and s.recording.state == "failed":
             return s  # a failure stays reported
@@ -181,6 +198,16 @@ def _advance(s: Snapshot, now: float) -> Snapshot:
                      for d in s.destinations)
         return replace(s, now=now, destinations=rows)
     return replace(s, now=now)
+
+
+def _source(old: SourceStatus | None, e: events.SourceState) -> SourceStatus:
+    if old is None:
+        return SourceStatus(e.state, e.detail, e.ts)
+    if old.state == e.state:
+        return replace(old, detail=e.detail)
+    slate_s = old.slate_s + (max(0.0, e.ts - old.since) if old.state == "slate" else 0.0)
+    back = old.state == "slate" and e.state == "live"
+    return SourceStatus(e.state, e.detail, e.ts, slate_s, old.handovers + (1 if back else 0))
 
 
 def _started(s: Snapshot, e: events.Started) -> Snapshot:

@@ -175,8 +175,39 @@ def summary_lines(snap: Snapshot) -> list[str]:
         lines.append(text)
     if snap.recording is not None:
         lines.append("summary " + recording_line(snap))
+    if (line := slate_line(snap)) is not None:
+        lines.append("summary " + line)
     lines.append("end: " + overall(snap))
     return lines
+
+
+def source_line(snap: Snapshot) -> str:
+    """``source: slate (the source ended), 12s``."""
+    src = snap.source
+    if src is None:
+        return "source: -"
+    detail = f" ({one_line(src.detail)})" if src.detail else ""
+    return f"source: {src.state}{detail}"
+
+
+def slate_counts(snap: Snapshot) -> tuple[float, int] | None:
+    """(time on the slate, hand-overs): the switcher's own count at the end, else the events'."""
+    end = snap.ended
+    if end is not None and end.slate_s is not None:
+        return end.slate_s, end.handovers or 0
+    if snap.source is None:
+        return None
+    return snap.source.slate_total(snap.now), snap.source.handovers
+
+
+def slate_line(snap: Snapshot) -> str | None:
+    """``source: on the slate 1m12s, 3 hand-overs back to a live source``."""
+    counts = slate_counts(snap)
+    if counts is None:
+        return None
+    secs, handovers = counts
+    return (f"source: on the slate {clock(secs)}, {handovers} hand-over{'' if handovers == 1 else 's'} back to a "
+            "live source")
 
 
 def _recording_dict(snap: Snapshot) -> dict | None:
@@ -296,6 +327,9 @@ class PlainView:
             self._line(snap.now, state_line(row.name, state, extra))
         elif isinstance(e, ev.IngestSwitch):
             self._line(snap.now, ingest_line(e))
+        elif isinstance(e, ev.SourceState):
+            if not self.quiet or e.state in ("lost", "slate"):
+                self._line(snap.now, source_line(snap))
         elif isinstance(e, ev.Log):
             shown = e.level in PROBLEM_LEVELS or self.all_logs or (e.level == NOTICE_LEVEL and not self.quiet)
             if shown:
@@ -388,6 +422,11 @@ class JsonView:
         elif isinstance(e, ev.IngestSwitch):
             self.emit({"event": "ingest", "ts": iso(snap.now, True), "destination": e.name, "ingest": e.ingest,
                        "reason": e.reason})
+        elif isinstance(e, ev.SourceState):
+            src = snap.source
+            self.emit({"event": "source", "ts": iso(snap.now, True), "state": e.state, "detail": e.detail,
+                       "slate_s": _num(src.slate_total(snap.now) if src else 0.0, 1),
+                       "handovers": src.handovers if src else 0})
         elif isinstance(e, ev.Log):
             if e.level in PROBLEM_LEVELS or e.level == NOTICE_LEVEL:
                 held = 0 if e.level == NOTICE_LEVEL else self._throttle.check((e.level, e.text), e.ts)
@@ -432,7 +471,9 @@ class JsonView:
                    "reason": end.reason if end else None,
                    "ffmpeg_returncode": end.ffmpeg_returncode if end else None,
                    "duration_s": _num(snap.elapsed_s), "time_s": _num(snap.stream_total_s), "bytes_out": snap.bytes_out,
-                   "sessions": end.sessions if end else None, "destinations": outcome(snap), "recording": _recording_dict(snap)})
+                   "sessions": end.sessions if end else None, "destinations": outcome(snap), "recording": _recording_dict(snap),
+                   **({"slate_s": _num(counts[0], 1), "handovers": counts[1]}
+                      if (counts := slate_counts(snap)) is not None else {})})
 
     def close(self, snap: Snapshot) -> None:
         self._finish(snap)
@@ -602,6 +643,11 @@ def _header(snap: Snapshot, width: int):
              item("dropped", str(snap.drop_frames)), item("dup", str(snap.dup_frames)),
              item("out", human_bytes(snap.bytes_out)),
              item("live", f"{snap.live_count}/{snap.active_count}")]
+    if snap.source is not None:
+        src = snap.source
+        style = "bold green" if src.state == "live" else "bold yellow" if src.state in ("lost", "slate") else "bold"
+        text = src.state + (f" {age(snap.now - src.since)}" if src.state in ("lost", "slate") else "")
+        items.append(Text.assemble(("source ", "dim"), (text, style)))
     if snap.recording is not None:
         failed = snap.recording.state == "failed"
         items.append(Text.assemble(("rec ", "dim"), ("FAILED" if failed else "on", "bold red" if failed else "bold")))
