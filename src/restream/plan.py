@@ -655,18 +655,18 @@ def fit_chain(size: tuple[int, int] | None, rate: str | None) -> str:
     return ",".join(chain + ["setsar=1", "format=yuv420p"])
 
 
-def raw_outputs(size: tuple[int, int] | None, rate: str | None, video_fd: int, audio_fd: int | None) -> list[str]:
-    """A source ffmpeg's two outputs: raw frames, and (when it has sound) raw sound, each flushed per packet."""
-    args = ["-map", "0:v:0", "-vf", fit_chain(size, rate), "-c:v", "rawvideo", "-f", "rawvideo",
-            "-flush_packets", "1", f"pipe:{video_fd}"]
-    if audio_fd is not None:
-        args += ["-map", "0:a:0", "-af", "aresample=48000:async=1:first_pts=0", "-ac", "2", "-c:a", "pcm_s16le",
-                 "-f", "s16le", "-flush_packets", "1", f"pipe:{audio_fd}"]
-    return args
+def raw_outputs(size: tuple[int, int] | None, rate: str | None, video_fd: int, audio_fd: int) -> list[str]:
+    """A source ffmpeg's output: raw frames and raw sound on two pipes, each flushed per packet. A tee, so that a
+    source without sound still runs: its sound slave fails (the pipe closes at once) and the picture goes on."""
+    return ["-map", "0:v:0", "-map", "0:a:0?", "-vf", fit_chain(size, rate), "-c:v", "rawvideo",
+            "-af", "aresample=48000:async=1:first_pts=0", "-ac", "2", "-c:a", "pcm_s16le",
+            "-f", "tee", "-use_fifo", "0",
+            f"[f=rawvideo:select=v:flush_packets=1]pipe\\:{video_fd}"
+            f"|[f=s16le:select=a:flush_packets=1:onfail=ignore]pipe\\:{audio_fd}"]
 
 
 def source_argv(ffmpeg: str, inp: Input, size: tuple[int, int] | None, rate: str | None, video_fd: int,
-                audio_fd: int | None) -> list[str]:
+                audio_fd: int) -> list[str]:
     """One source session's ffmpeg: the live input (relay mode: the publisher's FLV on stdin) decoded to the
     broadcast's raw format. One decoder thread: fewer frames held back when the source breaks off."""
     head = [ffmpeg, "-hide_banner", "-loglevel", "level+info", "-nostats", *PROBE_FAST, "-threads", "1"]
@@ -699,7 +699,7 @@ def picture_argv(ffmpeg: str, path: str, size: tuple[int, int]) -> list[str]:
 
 
 def loop_argv(ffmpeg: str, path: str, size: tuple[int, int], rate: str, video_fd: int,
-              audio_fd: int | None) -> list[str]:
+              audio_fd: int) -> list[str]:
     """A video slate: the file looped for ever, decoded as fast as it is read (the switcher paces it)."""
     return [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-stream_loop", "-1", "-i", path,
             *raw_outputs(size, rate, video_fd, audio_fd)]

@@ -436,12 +436,10 @@ class Broadcast:
 
     async def _feed_sink(self):
         """Relay mode with --slate: the next verified publisher's FLV goes to a new source ffmpeg."""
-        from restream import sources
-
         assert self.desk is not None
         if self._stop.is_set():
             return None
-        return sources.FeedSink(self.desk, "publisher")
+        return await self.desk.feed()
 
     def _source_state(self, state: str, detail: str) -> None:
         self.emit(ev.SourceState(time.time(), state, self.redact(detail)))

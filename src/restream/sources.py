@@ -35,7 +35,6 @@ IMAGE_CODECS = ("png", "mjpeg", "bmp", "webp", "tiff", "jpegls", "qoi", "ppm", "
 
 _OUTPUT = re.compile(r"Output #0")
 _RAW = re.compile(r"Stream #0:0.*?: Video: rawvideo\b.*?, (\d+)x(\d+)\b.*?, ([\d.]+k?) fps")
-_NO_AUDIO = re.compile(r"Stream map '0:a:0' matches no streams|matches no streams")
 _LEVEL = re.compile(r"^\[(?:[^\]]*\] )*\[(error|fatal|panic|warning)\] ")
 
 
@@ -114,28 +113,25 @@ class Session:
         self.raw: switcher.RawSource | None = None
         self.format: asyncio.Future = asyncio.get_running_loop().create_future()
         self.last_error: str | None = None
-        self.no_audio = False  # ffmpeg said the source has no sound (go: the next attempt maps none)
         self._vr: int | None = None
         self._ar: int | None = None
         self._log: asyncio.Task | None = None
 
-    async def start(self, inp: plan.Input, audio: bool, stdin: bool) -> None:
+    async def start(self, inp: plan.Input, stdin: bool) -> None:
         d = self.desk
         vr, vw = raw_pipe()
-        ar, aw = raw_pipe() if audio else (None, None)
+        ar, aw = raw_pipe()
         argv = plan.source_argv(d.ffmpeg, inp, d.size, rate_text(d.rate) if d.rate else None, vw, aw)
         try:
             self.proc = await _spawn(argv, asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-                                     tuple(fd for fd in (vw, aw) if fd is not None))
+                                     (vw, aw))
         except BaseException:
-            for fd in (vr, ar):
-                if fd is not None:
-                    os.close(fd)
+            os.close(vr)
+            os.close(ar)
             raise
         finally:
-            for fd in (vw, aw):
-                if fd is not None:
-                    os.close(fd)
+            os.close(vw)
+            os.close(aw)
         self._vr, self._ar = vr, ar
         self._log = asyncio.create_task(self._read_log())
 
@@ -150,10 +146,9 @@ class Session:
             if fmt is not None:
                 self._opened(*fmt)
                 continue
-            if _NO_AUDIO.search(line):
-                self.no_audio = True
             m = _LEVEL.match(line)
-            if m and m.group(1) != "warning":
+            if m and m.group(1) != "warning" and "Slave muxer #1 failed" not in line and "[s16le @" not in line:
+                # (a source without sound: its sound slave fails, as it should)
                 self.last_error = self.desk.redact(line[m.end():].strip())
         if not self.format.done():
             self.format.set_result(None)
@@ -187,60 +182,6 @@ class Session:
         if self._log is not None:
             await asyncio.wait([self._log], timeout=2)
         return rc
-
-
-class FeedSink:
-    """Relay mode: where the ingest gate writes a verified publisher's FLV (the ``StreamWriter`` calls it makes).
-    The source ffmpeg starts on the first bytes: the FLV header says whether the publisher sends sound."""
-
-    def __init__(self, desk: SourceDesk, name: str) -> None:
-        self.desk, self.name = desk, name
-        self.session: Session | None = None
-        self._pending: list[bytes] = []
-        self._closed = False
-        self._failed = False
-
-    def write(self, data: bytes) -> None:
-        if self.session is not None and self.session.proc is not None and self.session.proc.stdin is not None:
-            if self._pending:
-                self.session.proc.stdin.write(b"".join(self._pending))
-                self._pending.clear()
-            self.session.proc.stdin.write(data)
-        else:
-            self._pending.append(data)
-
-    async def drain(self) -> None:
-        if self.session is None:
-            head = b"".join(self._pending)
-            if len(head) < 5:
-                return
-            audio = bool(head[4] & 0x04)  # the FLV header's audio flag (the gate sets it from the publisher)
-            self.session = await self.desk.open_session(self.name, plan.Input("listen"), audio=audio, stdin=True)
-            self.write(b"")
-        proc = self.session.proc
-        if proc is None or proc.stdin is None:
-            return
-        try:
-            await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            self._failed = True
-            raise ConnectionResetError("the source ffmpeg stopped reading") from None
-
-    def is_closing(self) -> bool:
-        if self._closed or self._failed:
-            return True
-        proc = self.session.proc if self.session is not None else None
-        return proc is not None and (proc.returncode is not None or proc.stdin is None or proc.stdin.is_closing())
-
-    def close(self) -> None:
-        """The publisher left (or restream stops): the end of the source ffmpeg's input; it finishes."""
-        self._closed = True
-        proc = self.session.proc if self.session is not None else None
-        if proc is not None and proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except Exception:
-                pass
 
 
 class SourceDesk:
@@ -281,14 +222,22 @@ class SourceDesk:
 
     # -- sessions -------------------------------------------------------------------------------------------------
 
-    async def open_session(self, name: str, inp: plan.Input, audio: bool, stdin: bool) -> Session:
+    async def open_session(self, name: str, inp: plan.Input, stdin: bool) -> Session:
         """Start a source ffmpeg; its frames go on air (at a frame boundary) once it has some."""
         self._count += 1
         s = Session(self, f"{name} #{self._count}")
-        await s.start(inp, audio, stdin)
-        self.sessions.append(s)
+        await s.start(inp, stdin)
+        # the sessions that ended are forgotten (go reopens a source that is down every second, for hours)
+        self.sessions = [x for x in self.sessions if x.proc is not None and x.proc.returncode is None] + [s]
+        self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.create_task(self._hand_over(s)))
         return s
+
+    async def feed(self) -> asyncio.StreamWriter:
+        """Relay mode: a source ffmpeg for the next verified publisher; the gate writes its FLV to the stdin."""
+        s = await self.open_session("publisher", plan.Input("listen"), stdin=True)
+        assert s.proc is not None and s.proc.stdin is not None
+        return s.proc.stdin
 
     async def _hand_over(self, s: Session) -> None:
         fmt = await s.format
@@ -334,16 +283,18 @@ class SourceDesk:
                                    f"--slate {f.path}")
             return switcher.Card(self.size, picture, clock=False)
         vr, vw = raw_pipe()
-        ar, aw = raw_pipe() if f.has_audio else (None, None)
+        ar, aw = raw_pipe()
         argv = plan.loop_argv(self.ffmpeg, f.path, self.size, rate_text(self.rate), vw, aw)
         try:
-            self._slate_proc = await _spawn(argv, asyncio.subprocess.DEVNULL, tuple(x for x in (vw, aw) if x),
+            self._slate_proc = await _spawn(argv, asyncio.subprocess.DEVNULL, (vw, aw),
                                             stderr=asyncio.subprocess.DEVNULL)
         finally:
-            for fd in (vw, aw):
-                if fd is not None:
-                    os.close(fd)
-        raw = switcher.RawSource("slate", vr, ar, self.size, self.rate, live=False).start()
+            os.close(vw)
+            os.close(aw)
+        raw = switcher.RawSource("slate", vr, ar if f.has_audio else None, self.size, self.rate,
+                                 live=False).start()
+        if not f.has_audio:
+            os.close(ar)
         return switcher.Loop(raw, switcher.Card(self.size, switcher.solid_frame(self.size, (0, 0, 0)), clock=False))
 
     def on_air(self) -> None:
@@ -359,13 +310,10 @@ class SourceDesk:
     async def pull_loop(self) -> None:
         """Open the input; when it breaks or stalls, reopen it every second (backing off after a minute down)."""
         assert self.pull is not None
-        audio = True
         down_since = time.monotonic()
         delay = RETRY_S
-        attempt = 0
         while not self._stopping:
-            attempt += 1
-            s = await self.open_session("source", self.pull, audio=audio, stdin=False)
+            s = await self.open_session("source", self.pull, stdin=False)
             ended = asyncio.ensure_future(s.wait())
             while not ended.done():
                 await asyncio.wait([ended], timeout=0.25)
@@ -373,16 +321,8 @@ class SourceDesk:
                     s.kill()  # stalled: reopen it (its own timeouts take longer)
             if self._stopping:
                 return
-            if s.no_audio and audio and not s.delivered:
-                audio = False  # a source without sound: the next attempt maps none (silence goes out)
-                continue
             if s.delivered:
-                down_since, delay, attempt = time.monotonic(), RETRY_S, 0
-            why = s.last_error or "the source ended"
-            if self.state != switcher.LIVE:
-                self._state(self.state, f"reopening the source (attempt {attempt + 1}): {why}")
-            elif self.first.done():
-                pass
+                down_since, delay = time.monotonic(), RETRY_S
             await asyncio.sleep(delay)
             if time.monotonic() - down_since >= BACKOFF_AFTER_S:
                 delay = min(RETRY_MAX_S, delay * 2)

@@ -34,6 +34,8 @@ HOLD_S = 0.5  # no new frame this long: the source is lost, the slate goes on
 LOST_S = 0.25  # no new frame this long: say "lost" (the last picture is held)
 JITTER_CAP = 8  # frames a live source may have waiting; older ones are dropped (with their sound)
 SWITCH_DEPTH = 2  # frames a new source must have waiting before it goes on air
+RESUME_S = 0.3  # a source back from a stall must deliver this long before it replaces the slate again (the
+# frames a decoder lets go when its input breaks off come in one burst: they must not flash up)
 TRIM_WINDOW_S = 1.0  # a source that never had fewer than TRIM_DEPTH frames waiting for this long drops one
 TRIM_DEPTH = 3
 LATE_RESET_S = 1.0  # the writes fell this far behind the clock (ffmpeg read slowly): the clock starts again
@@ -432,6 +434,7 @@ class Switcher:
         self._lost_at: float | None = None  # when the current source's frames stopped
         self._min_depth = (0.0, 99)  # (window start, the smallest depth seen in it)
         self._silence = b""
+        self._resume_from: float | None = None  # on the slate: when the stalled source's frames came again
 
     # -- from other threads ---------------------------------------------------------------------------------------
 
@@ -524,9 +527,12 @@ class Switcher:
             if old is not None and old is not offered:
                 old.close()
             self._lost_at = None
+            self._resume_from = None
             self._min_depth = (now, 99)
             self._set(LIVE, offered.name)
         src = self._current
+        if src is not None and self.state == SLATE and not self._resumed(src, now):
+            src = None  # (its frames wait, and the oldest are dropped, until it has proved it is back)
         if src is not None and src.ready():
             self._trim(src, now)
             got = src.take(samples)
@@ -536,9 +542,11 @@ class Switcher:
                 self._last, self._last_owner = got[0], src
                 if self._lost_at is not None or self.state != LIVE:
                     self._lost_at = None
+                    self._resume_from = None
                     self._set(LIVE, src.name)  # (the same session back after a stall, too)
                 return got
         # no frame from the source this tick
+        src = self._current
         if src is not None and self._lost_at is None:
             self._lost_at = now
         lost_for = now - self._lost_at if self._lost_at is not None else 0.0
@@ -553,6 +561,16 @@ class Switcher:
                       ("no new frame for " + f"{HOLD_S:g} s" if src is not None else "no source yet"))
         self.slate_frames += 1
         return self.slate.take(samples, lost_for if self._lost_at is not None else 0.0)
+
+    def _resumed(self, src: RawSource, now: float) -> bool:
+        """The source that stalled delivers again, steadily (frames arriving over RESUME_S, not one burst)."""
+        if src.depth == 0 or src.video_eof:
+            self._resume_from = None
+            return False
+        last = src.last_arrival if src.last_arrival is not None else now
+        if self._resume_from is None:
+            self._resume_from = last
+        return last - self._resume_from >= RESUME_S and src.ready()
 
     def _trim(self, src: RawSource, now: float) -> None:
         """A source that keeps frames waiting adds delay: after a second with never fewer than TRIM_DEPTH
