@@ -330,6 +330,12 @@ class RawSource:
         self.dropped += 1
 
     @property
+    def sound_through(self) -> int:
+        """The session's sound samples received so far (taken, dropped or waiting)."""
+        with self._cond:
+            return self._audio_at + len(self._audio) // SAMPLE_BYTES
+
+    @property
     def depth(self) -> int:
         return len(self._frames)
 
@@ -495,6 +501,12 @@ class Switcher:
 
     def _loop(self) -> None:
         tick = 1.0 / float(self.fps)
+        while self.state == WAITING and not self._stop.is_set():  # the broadcast opens with the first source
+            with self._lock:
+                offered = self._offered
+            if offered is not None and offered.ready(SWITCH_DEPTH):
+                break
+            self._stop.wait(0.005)
         start = self.clock()
         n = 0  # frames written since ``start``
         while not self._stop.is_set():
