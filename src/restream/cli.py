@@ -227,6 +227,9 @@ def slate_options(ffmpeg_path: str, slate: str | None, timeout: str, inp) -> obj
         info = discover.probe_input(ffmpeg_path, slate)
         if not info.has_video:
             raise UsageError(f"--slate {slate}: it has no picture")
+        problem = discover.first_picture_error(ffmpeg_path, slate)
+        if problem:
+            raise UsageError(f"--slate {slate}: ffmpeg cannot decode it ({problem})")
         file = sources.SlateFile(slate, image=info.video_codec in sources.IMAGE_CODECS, has_audio=info.has_audio)
     return runner.Slate(file, seconds or None)
 
@@ -1035,6 +1038,8 @@ def go_cmd(
     from restream import plan, recording
     from restream.selection import select
 
+    if input is None and slate is not None and "://" in slate:
+        raise UsageError(f"--slate took {slate!r} as its FILE: put --slate after the input, or use --slate=FILE")
     inp = plan.parse_input(input, test_pattern, loop, audio)
     enc = plan.Encoding(
         copy=copy, video_bitrate_k=plan.parse_bitrate(video_bitrate, "video bitrate"),

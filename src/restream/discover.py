@@ -146,3 +146,17 @@ def probe_input(ffmpeg: str, path: str) -> MediaInfo:
         reason = last[0].split(": ", 1)[-1] if path in last[0] else last[0]
         raise InputError(f"ffmpeg cannot read {path}: {reason}")
     return info
+
+
+def first_picture_error(ffmpeg: str, path: str) -> str | None:
+    """Decode the first picture of ``path`` (a slate must show); ffmpeg's complaint, or None if it decodes."""
+    try:
+        res = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-v", "error", "-i", path, "-map", "0:v:0",
+                              "-frames:v", "1", "-f", "null", "-"], capture_output=True, text=True, timeout=20,
+                             errors="replace", stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+    if res.returncode != 0 or lines:
+        return (lines[-1] if lines else f"exit status {res.returncode}").split("] ")[-1]
+    return None
