@@ -182,6 +182,7 @@ RecordOpt = Annotated[Optional[str], typer.Option(
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Let --record replace an existing file.")]
 DurationOpt = Annotated[Optional[str], typer.Option(
     "--duration", metavar="90s|30m|2h|7d", help="Stop cleanly after this long (at most 366d).")]
+TAKE_OVER_S = 2.0  # relay --slate: a new verified publisher replaces one that sent nothing this long
 SLATE_CARD = "\x00card"  # --slate given without a FILE: restream's card
 SlateOpt = Annotated[Optional[str], typer.Option(
     "--slate", metavar="[FILE]", help="Keep the destinations published while the source is gone: show a slate "
@@ -956,7 +957,8 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         if ingest:
             from restream.ingest import IngestGate
 
-            b.gate = IngestGate(ingest["host"], ingest["port"], ingest["app"], ingest["key"], b.on_ingest)
+            b.gate = IngestGate(ingest["host"], ingest["port"], ingest["app"], ingest["key"], b.on_ingest,
+                                take_over_after=TAKE_OVER_S if slate_spec is not None else None)
         sinks = []
         if log_file:
             try:

@@ -208,11 +208,15 @@ Sink = asyncio.StreamWriter
 
 class IngestGate:
     def __init__(self, host: str, port: int, app: str, key: str, on_event: Callable[[IngestEvent], None],
-                 sink: Callable[[], Awaitable[Sink]] | None = None) -> None:
+                 sink: Callable[[], Awaitable[Sink]] | None = None, take_over_after: float | None = None) -> None:
         self.host, self.port, self.app, self.key = host, port, app.strip("/"), key
         self.on_event = on_event
         self.sink = sink  # ffmpeg's input for the next verified publisher (waits while ffmpeg restarts)
         self.busy = False  # a verified publisher is live
+        # --slate: a verified publisher replaces a live one that has sent nothing for this long (OBS reconnecting
+        # after a network drop, while its old connection has not timed out yet)
+        self.take_over_after = take_over_after
+        self._live: tuple[str, _Session, asyncio.Task] | None = None
         self._unverified = 0
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -235,7 +239,7 @@ class IngestGate:
         if task:
             self._tasks.add(task)
         try:
-            if self.busy:
+            if self.busy and self.take_over_after is None:
                 self.on_event(IngestEvent("rejected", who, "another publisher is live"))
                 return
             if self._unverified >= MAX_UNVERIFIED:
@@ -262,10 +266,13 @@ class IngestGate:
             return
         finally:
             self._unverified -= 1
-        if self.busy:
+        if self.busy and not await self._take_over():
             self.on_event(IngestEvent("rejected", who, "another publisher is live"))
             return
         self.busy = True
+        task = asyncio.current_task()
+        if task is not None:
+            self._live = (who, session, task)
         sink: Sink | None = None
         try:
             try:
@@ -283,11 +290,27 @@ class IngestGate:
                 self.on_event(IngestEvent("ended", who, _why(exc)))
         finally:
             self.busy = False
+            self._live = None
             if sink is not None:
                 try:
                     sink.close()  # the end of ffmpeg's input: it finishes, and restream starts the next one
                 except Exception:
                     pass
+
+
+    async def _take_over(self) -> bool:
+        """A verified publisher while another is live: it replaces the live one if that one has gone silent."""
+        live = self._live
+        if self.take_over_after is None or live is None:
+            return False
+        who, session, task = live
+        silent = time.monotonic() - session.last_data
+        if silent < self.take_over_after:
+            return False
+        self.on_event(IngestEvent("ended", who, f"silent for {silent:.1f} s: the next publisher took over"))
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        return not self.busy
 
 
 class _Session:
@@ -302,12 +325,14 @@ class _Session:
         self.acked = 0
         self.publish_msg: rtmp.Message | None = None
         self.header_sent = False
+        self.last_data = time.monotonic()
 
     async def _read(self) -> bytes:
         async with asyncio.timeout(READ_TIMEOUT_S):
             data = await self.reader.read(_READ)
         if not data:
             raise ConnectionResetError("the publisher disconnected")
+        self.last_data = time.monotonic()
         self.received += len(data)
         if self.received - self.acked >= self.window:
             self.acked = self.received

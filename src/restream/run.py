@@ -586,7 +586,8 @@ class Broadcast:
             self.emit(ev.Log(time.time(), "warning", f"publisher from {e.peer} rejected: {e.detail}"))
         elif e.kind == "ended" and e.peer in self._publishing:
             self._publishing.discard(e.peer)
-            self.emit(ev.Log(time.time(), NOTICE, f"publisher from {e.peer} disconnected"))
+            why = f" ({e.detail})" if e.detail and "took over" in e.detail else ""
+            self.emit(ev.Log(time.time(), NOTICE, f"publisher from {e.peer} disconnected{why}"))
             if self.once:
                 self._begin_stop("publisher gone", hard=False)
 
