@@ -1268,15 +1268,25 @@ def status_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = F
              "reconnects": d.get("reconnects"),
              "kbps": f"{d['kbps']:.0f}" if d.get("kbps") else "-", "error": d.get("last_error") or ""}
             for d in snap.get("destinations", [])]
+    src = snap.get("source")  # --slate
+    source = None
+    if src:
+        on_slate = (src.get("slate_s") or 0) + (max(0, now - (src.get("since") or now))
+                                                 if src.get("state") == "slate" else 0)
+        source = {"state": src.get("state"), "detail": src.get("detail"), "since_s": round(max(0, now - (src.get("since") or now)), 1),
+                  "slate_s": round(on_slate, 1), "handovers": src.get("handovers", 0)}
     if as_json:
         typer.echo(json.dumps({"profile": name, "running": True, "pid": info.get("pid"),
                                "command": info.get("command"), "started": info.get("started"),
-                               "destinations": rows}, ensure_ascii=False))
+                               "destinations": rows, **({"source": source} if source else {})}, ensure_ascii=False))
         return
     from restream.tables import table
 
     typer.echo(f"profile {name}: {info.get('command')} running since {info.get('started')} (PID {info.get('pid')})")
     typer.echo(f"input {snap.get('input', '?')}; stream time {_clock(snap.get('out_time_s') or 0)}")
+    if source:
+        typer.echo(f"source {source['state']} for {_clock(source['since_s'])} ({source['detail']}); on the slate "
+                   f"{_clock(source['slate_s'])}, {source['handovers']} hand-over(s) back to a live source")
     table([("DESTINATION", "name"), ("HOST", "host"), ("STATE", "state"), ("UPTIME", "uptime"),
            ("RECONNECTS", "reconnects"), ("KBIT/S", "kbps"), ("LAST ERROR", "error")], rows)
 
