@@ -204,6 +204,16 @@ class Loop:
         self.source.close()
 
 
+def name_thread(name: str) -> None:
+    """Name the calling thread for ps/top and /proc/PID/task/*/comm (Linux; 15 characters at most)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def _read_full(fd: int, buf: bytearray) -> bool:
     """Fill ``buf`` from ``fd``; False at the end of the pipe (a short tail is dropped: a torn frame is no frame)."""
     view = memoryview(buf)
@@ -268,6 +278,7 @@ class RawSource:
         return bytearray(self._fb)
 
     def _read_video(self, fd: int) -> None:
+        name_thread("restream-src-v")
         try:
             while True:
                 buf = self._buffer()
@@ -294,6 +305,7 @@ class RawSource:
                 self._cond.notify_all()
 
     def _read_audio(self, fd: int) -> None:
+        name_thread("restream-src-a")
         per_s = SAMPLE_RATE * SAMPLE_BYTES
         try:
             while True:
@@ -484,6 +496,7 @@ class Switcher:
         return self._silence
 
     def _run(self) -> None:
+        name_thread("restream-switch")
         try:
             self._loop()
         except (BrokenPipeError, OSError) as exc:
