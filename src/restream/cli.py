@@ -1163,6 +1163,9 @@ def relay_cmd(
     stall_timeout: StallTimeoutOpt = 30.0,
     slate: SlateOpt = None,
     slate_timeout: SlateTimeoutOpt = "10m",
+    duration: Annotated[Optional[str], typer.Option(
+        "--duration", metavar="90s|30m|2h|7d", help="With --slate: stop cleanly this long after the destinations "
+        "went live (at most 366d).")] = None,
     size: Annotated[Optional[str], typer.Option("--size", metavar="WxH", help="With --slate or --transcode: "
                                                 "the size sent (default: the first publisher's).")] = None,
     fps: Annotated[Optional[str], typer.Option("--fps", help="With --slate or --transcode: the frame rate sent "
@@ -1208,6 +1211,9 @@ def relay_cmd(
                          "one's end: use one or the other")
     if (size or fps) and slate is None and not transcode:
         raise UsageError("--size and --fps need an encode: add --slate or --transcode")
+    if duration and slate is None:
+        raise UsageError("--duration in relay mode needs --slate (one publish from start to end)")
+    seconds = plan.parse_duration(duration) if duration else None
     mode = _output_mode(plain, as_json)
     stall_timeout = _stall_timeout(stall_timeout)
     p = _load_existing(profile)
@@ -1232,7 +1238,7 @@ def relay_cmd(
     banner = f"restream relay: publish to  server {parts.scheme}://{parts.netloc}/{app}   stream key {shown}"
     inp = plan.Input("listen")
     code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
-                      duration=None, dry_run=False, show_keys=False, mode=mode, quiet=quiet,
+                      duration=seconds, dry_run=False, show_keys=False, mode=mode, quiet=quiet,
                       status_interval=status_interval, log_file=log_file, command_name="relay", only=only,
                       skip=skip, ingest={"host": host, "port": port, "app": app, "key": key,
                                          "banner": banner},  # printed once the port is bound and the lock held

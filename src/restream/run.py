@@ -472,7 +472,6 @@ class Broadcast:
         raw = desk.first.result()
         self.inp = replace(self.inp, kind="switch", raw=raw, fps=None)
         self.emit(ev.Log(time.time(), NOTICE, f"encoding at {raw.label} (the slate and every source are fitted to it)"))
-        self._slaves()
         p = plan.build(self.ffmpeg, self.inp, self.enc, self._slaves(), self.duration, self.queue_size, self.font,
                        groups=self.groups)
         self._pass_fds = (raw.video_fd, raw.audio_fd)
@@ -623,10 +622,12 @@ class Broadcast:
         await self._stop.wait()
         proc = self.proc
         assert proc is not None
+        if self.desk is not None:
+            self.desk.stop_output()  # --slate: the end of its raw input now; ffmpeg finishes the stream in order
         if not self._hard and await self._until(END_GRACE_S, wake_on_hard=True):
             return
         if self.desk is not None:
-            self.desk.stop_output()  # the end of its raw input: ffmpeg finishes the stream in order
+            pass
         elif self.per_session and proc.stdin is not None:
             # relay mode: ffmpeg reads the publisher's FLV on stdin (and reads no "q"); the end of it ends ffmpeg.
             # Between publishers nothing is on air: ffmpeg then fails to open its input, as asked.

@@ -20,6 +20,7 @@ thread.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -497,6 +498,8 @@ class Switcher:
 
     def _run(self) -> None:
         name_thread("restream-switch")
+        for fd in (self.vfd, self.afd):
+            os.set_blocking(fd, False)
         try:
             self._loop()
         except (BrokenPipeError, OSError) as exc:
@@ -535,10 +538,28 @@ class Switcher:
             frame, sound = self._pick(now, samples)
             if sound is None:
                 sound = self._silent(samples)
-            _write_all(self.afd, sound)  # the sound first: a frame is more than a pipe holds
-            _write_all(self.vfd, frame)
+            # the sound first: a frame is more than a pipe holds
+            if not (self._write(self.afd, sound) and self._write(self.vfd, frame)):
+                break
             self.frames_out += 1
             n += 1
+
+    def _write(self, fd: int, data) -> bool:
+        """Write all of ``data``, waiting while the pipe is full; False if the stop came meanwhile. (Never stuck
+        in a write: an ffmpeg that stopped reading one pipe while it waits on the other would never end.)"""
+        view = memoryview(data)
+        while view:
+            try:
+                k = os.write(fd, view)
+            except BlockingIOError:
+                k = 0
+            if k:
+                view = view[k:]
+                continue
+            if self._stop.is_set():
+                return False
+            select.select([], [fd], [], 0.05)
+        return True
 
     def _pick(self, now: float, samples: int) -> tuple[bytearray, bytes | None]:
         """This tick's frame and sound (None: silence)."""
@@ -610,8 +631,3 @@ class Switcher:
             self._min_depth = (since, lowest)
 
 
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        k = os.write(fd, view)
-        view = view[k:]
