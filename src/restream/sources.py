@@ -35,7 +35,7 @@ IMAGE_CODECS = ("png", "mjpeg", "bmp", "webp", "tiff", "jpegls", "qoi", "ppm", "
 
 _OUTPUT = re.compile(r"Output #0")
 _RAW = re.compile(r"Stream #0:0.*?: Video: rawvideo\b.*?, (\d+)x(\d+)\b.*?, ([\d.]+k?) fps")
-_LEVEL = re.compile(r"^\[(?:[^\]]*\] )*\[(error|fatal|panic|warning)\] ")
+_LEVEL = re.compile(r"^(?:\[[^\]]*\] )*?\[(error|fatal|panic|warning)\] ")
 
 
 @dataclass(frozen=True)

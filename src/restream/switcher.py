@@ -259,7 +259,6 @@ class RawSource:
         self.first_arrival: float | None = None
         self._closed = False
         self._pool: list[bytearray] = []
-        self._fds = [fd for fd in (vfd, afd) if fd is not None]
         self._threads = [threading.Thread(target=self._read_video, args=(vfd,), name="restream-src-v", daemon=True)]
         if afd is not None:
             self._threads.append(threading.Thread(target=self._read_audio, args=(afd,), name="restream-src-a",
@@ -301,6 +300,7 @@ class RawSource:
                         self._drop_one()
                     self._cond.notify_all()
         finally:
+            os.close(fd)  # each reader closes its own pipe: nothing else does (no double close, no leak)
             with self._cond:
                 self.video_eof = True
                 self._cond.notify_all()
@@ -330,6 +330,7 @@ class RawSource:
                         self._audio_at += excess // SAMPLE_BYTES
                     self._cond.notify_all()
         finally:
+            os.close(fd)
             with self._cond:
                 self.audio_eof = True
                 self._cond.notify_all()
@@ -411,19 +412,14 @@ class RawSource:
                     self._pool.append(frame)
 
     def close(self) -> None:
-        """Stop reading (the source process is being ended); the readers leave at their pipes' end."""
+        """Stop taking frames: the readers leave (closing their pipes) at the next read, or when the source
+        process ends (the owner kills a source that is still running)."""
         with self._cond:
             self._closed = True
             self._frames.clear()
             self._audio.clear()
             self._pool.clear()
             self._cond.notify_all()
-        for fd in self._fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds = []
 
 
 class Switcher:
