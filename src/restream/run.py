@@ -123,17 +123,31 @@ class Slate:
     timeout: float | None = 600.0  # seconds on the slate before a clean end; None: never
 
 
+def _load_prctl():
+    """libc's prctl, resolved once, here, in the main thread at import: never in a forked child (a child of a
+    process with threads must not dlopen: the loader's lock may be held by a thread that is not there anymore)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def die_with_parent() -> None:
     """In the child before exec: kill it if restream dies (even by SIGKILL), so no ffmpeg is left behind.
 
     SIGKILL, not SIGTERM: the relay died with restream, so there is nothing left to close cleanly, and an ffmpeg
-    whose outputs are all gone may ignore a first SIGTERM.
+    whose outputs are all gone may ignore a first SIGTERM. Only a call of the function resolved at import: with
+    --slate the parent has threads, and a forked child may take no lock (no import, no dlopen).
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if _PRCTL is not None:
+        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 
 
 class Broadcast:

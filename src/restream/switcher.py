@@ -205,14 +205,22 @@ class Loop:
         self.source.close()
 
 
-def name_thread(name: str) -> None:
-    """Name the calling thread for ps/top and /proc/PID/task/*/comm (Linux; 15 characters at most)."""
+def _load_prctl():
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+        return ctypes.CDLL(None).prctl  # resolved at import, in the main thread (never dlopen in a thread)
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def name_thread(name: str) -> None:
+    """Name the calling thread for ps/top and /proc/PID/task/*/comm (Linux; 15 characters at most)."""
+    if _PRCTL is not None:
+        _PRCTL(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 def _read_full(fd: int, buf: bytearray) -> bool:
