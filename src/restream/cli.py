@@ -18,6 +18,7 @@ from restream.errors import (
     BroadcastError,
     BusyError,
     FFmpegError,
+    InputError,
     ProfileError,
     RestreamError,
     UsageError,
@@ -225,7 +226,10 @@ def slate_options(ffmpeg_path: str, slate: str | None, timeout: str, inp) -> obj
     if slate != SLATE_CARD:
         if "://" in slate:
             raise UsageError(f"--slate took {slate!r} as its FILE: put --slate after the input, or use --slate=FILE")
-        info = discover.probe_input(ffmpeg_path, slate)
+        try:
+            info = discover.probe_input(ffmpeg_path, slate)
+        except InputError as exc:
+            raise InputError(f"--slate: {str(exc).replace('input file', 'file')}") from None
         if not info.has_video:
             raise UsageError(f"--slate {slate}: it has no picture")
         problem = discover.first_picture_error(ffmpeg_path, slate)

@@ -164,11 +164,22 @@ def recording_line(snap: Snapshot) -> str | None:
     return f"recording: {rec.state}" + (f" ({one_line(rec.error)})" if rec.error else "") + f", {rec.path}"
 
 
+def delivered(d: DestStatus) -> bool:
+    """Stopped in order after carrying something (relay mode, --slate: one never reached by a source is not)."""
+    return d.state == ev.STOPPED and (d.uptime_s > 0 or d.bytes_sent > 0)
+
+
+def verdict_text(d: DestStatus) -> str:
+    if d.state == ev.STOPPED:
+        return "delivered" if delivered(d) else "never live (no source)"
+    return d.state
+
+
 def summary_lines(snap: Snapshot) -> list[str]:
     """One line per destination, the recording's, and one overall (no timestamps)."""
     lines = []
     for d in snap.destinations:
-        text = (f"summary {d.name}: {'delivered' if d.state == ev.STOPPED else d.state}, live {clock(d.uptime_s)}, "
+        text = (f"summary {d.name}: {verdict_text(d)}, live {clock(d.uptime_s)}, "
                 f"{d.reconnects} reconnect{'' if d.reconnects == 1 else 's'}, {human_bytes(d.bytes_sent)} sent")
         if d.last_error:
             text += f", last error: {one_line(d.last_error)}"
@@ -195,8 +206,8 @@ def slate_counts(snap: Snapshot) -> tuple[float, int] | None:
     end = snap.ended
     if end is not None and end.slate_s is not None:
         return end.slate_s, end.handovers or 0
-    if snap.source is None:
-        return None
+    if snap.source is None or (end is not None and snap.source.state == "waiting"):
+        return None  # (no --slate, or no source ever came: nothing went out)
     return snap.source.slate_total(snap.now), snap.source.handovers
 
 
@@ -220,7 +231,7 @@ def overall(snap: Snapshot) -> str:
     end = snap.ended
     head = f"{end.reason}, exit {end.exit_code}" if end else "no end event"
     rows = [d for d in snap.destinations if d.state != ev.REMOVED]
-    good = sum(1 for d in rows if d.state == ev.STOPPED)
+    good = sum(1 for d in rows if delivered(d))
     sessions = end.sessions if end else None
     per = f"{sessions} publisher session{'' if sessions == 1 else 's'}, " if sessions is not None else ""
     return (f"{head}, elapsed {clock(snap.elapsed_s)}, {per}stream {clock(snap.stream_total_s)}, "
