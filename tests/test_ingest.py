@@ -102,3 +102,68 @@ def test_server_handshake_echoes_c1_and_refuses_what_is_not_rtmp():
 ])
 def test_check_command(msg, expected):
     assert ingest.check_command(msg, "live", "K") == expected
+
+
+# -- the end of a session, on a real socket -------------------------------------------------------------------------
+
+def test_a_publisher_is_never_cut_between_its_fcunpublish_and_its_deletestream():
+    """ffmpeg ends a publish with FCUnpublish, then deleteStream, then closes. Under load the two commands arrive
+    apart: the gate must wait for the publisher to close (a reset before its deleteStream fails its last write,
+    and the publisher exits with an error: --once's test saw exit 224)."""
+    import asyncio
+    import os
+    import socket
+
+    from restream import ingest, rtmp
+
+    async def main() -> tuple[bool, list[str]]:
+        events: list[str] = []
+
+        class Sink:
+            def write(self, data): pass
+            async def drain(self): pass
+            def is_closing(self): return False
+            def close(self): pass
+
+        async def sink():
+            return Sink()
+
+        gate = ingest.IngestGate("127.0.0.1", 0, "live", "the-key-12345", lambda e: events.append(e.kind), sink)
+        gate._server = await asyncio.start_server(gate._accept, "127.0.0.1", 0)
+        port = gate._server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x03" + bytes(8) + os.urandom(rtmp.HANDSHAKE_SIZE - 8))
+        s0s1s2 = await reader.readexactly(1 + 2 * rtmp.HANDSHAKE_SIZE)
+        writer.write(s0s1s2[1:1 + rtmp.HANDSHAKE_SIZE])  # C2 echoes S1
+        out = rtmp.ChunkWriter()
+        for values in (["connect", 1, {"app": "live"}], ["createStream", 2, None]):
+            writer.write(out.write(rtmp.command_message(values)))
+        writer.write(out.write(rtmp.command_message(["publish", 3, None, "the-key-12345", "live"], stream_id=1)))
+        await writer.drain()
+        while "publishing" not in events:
+            await asyncio.sleep(0.01)
+        writer.write(out.write(rtmp.command_message(["FCUnpublish", 4, None, "the-key-12345"])))
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the gap under load
+        cut = False
+        try:
+            writer.write(out.write(rtmp.command_message(["deleteStream", 5, None, 1.0], stream_id=0)))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            # ffmpeg's close writes once more: a reset (the gate gone) shows on that write
+            writer.write(out.write(ingest.acknowledgement(1000)))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(out.write(ingest.acknowledgement(2000)))
+            await writer.drain()
+        except ConnectionError:
+            cut = True
+        writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                              b"\x00" * 8)
+        writer.close()
+        await gate.close()
+        return cut, events
+
+    cut, events = asyncio.run(main())
+    assert not cut, "the gate reset the publisher before its deleteStream"
+    assert events[:1] == ["publishing"]

@@ -32,6 +32,7 @@ _NAMED = ("releaseStream", "FCPublish", "publish")
 _READ = 256 * 1024
 READ_TIMEOUT_S = 10.0  # a publisher silent this long is gone (ffmpeg's -rw_timeout did this before)
 SINK_TIMEOUT_S = 10.0  # ffmpeg restarting after the previous publisher
+LINGER_S = 1.0  # a publisher that unpublished gets this long to close its side
 MAX_UNVERIFIED = 16  # connections that have not shown the key yet, at once (each has READ_TIMEOUT_S to do so)
 WINDOW = 2_500_000  # acknowledgement window announced to the publisher (what ffmpeg's own listener announces)
 CHUNK_SIZE = 4096  # what the gate sends its replies with
@@ -296,6 +297,8 @@ class IngestGate:
                     sink.close()  # the end of ffmpeg's input: it finishes, and restream starts the next one
                 except Exception:
                     pass
+        if session.unpublished:  # (the gate is free for the next publisher meanwhile)
+            await session.linger()
 
 
     async def _take_over(self) -> bool:
@@ -326,6 +329,7 @@ class _Session:
         self.publish_msg: rtmp.Message | None = None
         self.header_sent = False
         self.last_data = time.monotonic()
+        self.unpublished = False  # the publisher said it is done (FCUnpublish, deleteStream)
 
     async def _read(self) -> bytes:
         async with asyncio.timeout(READ_TIMEOUT_S):
@@ -383,8 +387,19 @@ class _Session:
             msgs = self.parser.feed(data)
             if self._forward(msgs, sink):
                 await sink.drain()
+                self.unpublished = True
                 return
             await sink.drain()
+
+    async def linger(self) -> None:
+        """The publisher said it is done: let it finish (the rest of its commands, its close) before the connection
+        goes. Cut between its FCUnpublish and its deleteStream, its last write fails and so does the publisher."""
+        try:
+            async with asyncio.timeout(LINGER_S):
+                while data := await self.reader.read(_READ):
+                    self._send([r for m in self.parser.feed(data) for r in replies(m)])
+        except (TimeoutError, ConnectionError, rtmp.RtmpError):
+            pass
 
     def _forward(self, msgs: list[rtmp.Message], sink: Sink) -> bool:
         """Write the media of ``msgs``; True once the publisher said it is done (FCUnpublish, deleteStream)."""
