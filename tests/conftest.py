@@ -169,3 +169,20 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"reruns: {len(_reruns)} (timing failures only, at most {MAX_RERUNS} per test)")
     for nodeid, why in _reruns:
         terminalreporter.write_line(f"  rerun {nodeid}: {why}")
+
+
+CLOSED_URL = "rtmp://127.0.0.1:9/live"  # nothing listens on the discard port: a go that got that far would fail later
+
+
+@pytest.fixture
+def dest(cli):
+    """One destination that nothing answers: for tests of what is refused before anything connects."""
+    code, _, err = cli("add", "here", "--url", CLOSED_URL, "--key", "key-here-12345")
+    assert code == 0, err
+
+
+def one_error_line(err: str) -> str:
+    """The one ``restream: error: …`` line (a hint line may follow)."""
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2 and lines[0].startswith("restream: error: "), err
+    return lines[0]

@@ -16,21 +16,13 @@ from restream import events as ev
 from restream import plan, recording, status, view
 from restream.errors import UsageError
 from restream.plan import Encoding, Input
+from conftest import one_error_line
 from support import FFMPEG, make_clip, probe
 
-CLOSED = "rtmp://127.0.0.1:9/live"  # nothing listens on the discard port: a go that got that far would fail later
 
 
-@pytest.fixture
-def dest(cli):
-    code, _, err = cli("add", "here", "--url", CLOSED, "--key", "key-here-12345")
-    assert code == 0, err
 
 
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert 1 <= len(lines) <= 2 and lines[0].startswith("restream: error: "), err
-    return lines[0]
 
 
 # -- names: placeholders ---------------------------------------------------------------------------------------------

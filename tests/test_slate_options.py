@@ -9,21 +9,13 @@ import json
 import pytest
 
 from restream import events as ev
+from conftest import one_error_line
 from restream import plan, status, view
 
-CLOSED = "rtmp://127.0.0.1:9/live"
 
 
-@pytest.fixture
-def dest(cli):
-    code, _, err = cli("add", "here", "--url", CLOSED, "--key", "key-here-12345")
-    assert code == 0, err
 
 
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert 1 <= len(lines) <= 2 and lines[0].startswith("restream: error: "), err
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, message", [
