@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import os
 import json
 import sys
@@ -854,10 +855,37 @@ def _close_views(sinks, snap) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, duration, dry_run, show_keys, mode,
-               quiet, status_interval, log_file, command_name: str, live_changes: bool = True,
-               only=None, skip=None, lock: bool = True, ingest=None, once: bool = False,
-               stall_timeout: float = 30.0, caps: bool = True, slate: tuple[str | None, str] = (None, "10m")) -> int:
+@dataclass(frozen=True)
+class BroadcastRequest:
+    """One broadcast as a command asked for it (go, relay, demo): built once, handed to ``_broadcast``. A new
+    option is one field here."""
+
+    profile_name: str
+    dests: list
+    inp: object  # plan.Input
+    enc: object  # plan.Encoding
+    command_name: str  # go | relay | demo (the lock says who holds the profile)
+    ffmpeg_opt: str | None = None
+    record: str | None = None
+    duration: float | None = None
+    mode: str = "plain"  # live | plain | json
+    quiet: bool = False
+    status_interval: float = 10.0
+    log_file: str | None = None
+    dry_run: bool = False
+    show_keys: bool = False
+    live_changes: bool = True  # follow profile edits while live
+    only: str | None = None
+    skip: str | None = None
+    lock: bool = True
+    ingest: dict | None = None  # relay mode: host, port, app, key, banner
+    once: bool = False
+    stall_timeout: float = 30.0
+    caps: bool = True
+    slate: tuple[str | None, str] = (None, "10m")  # (--slate value, --slate-timeout)
+
+
+def _broadcast(req: BroadcastRequest) -> int:
     """The shared path of `go` (and the demo): check everything, then run one broadcast and show it."""
     import asyncio
     from dataclasses import asdict, replace
@@ -869,16 +897,17 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
 
     from restream import keysource
 
+    inp = req.inp  # (completed below: a file's tracks, the switcher's pipes)
     resolver = keysource.Resolver()
-    targets = _targets(dests, enc, caps, resolver)
-    groups = runner.encode_groups(targets, enc)
+    targets = _targets(req.dests, req.enc, req.caps, resolver)
+    groups = runner.encode_groups(targets, req.enc)
     copies = [t.name for t in targets if t.enc is not None and t.enc.copy]
-    if copies and not enc.copy and inp.kind in ("test", "device"):
+    if copies and not req.enc.copy and inp.kind in ("test", "device"):
         made = "test card" if inp.kind == "test" else "capture device"
         raise UsageError(f"{', '.join(copies)}: set to copy, but the {made} must be encoded "
                          "(restream edit NAME --encode)")
     schemes = {urlsplit_scheme(t.server_url) for t in targets}
-    ff = discover.require(ffmpeg_opt, protocols=("srt",) if "srt" in schemes else (),
+    ff = discover.require(req.ffmpeg_opt, protocols=("srt",) if "srt" in schemes else (),
                           encoders=() if all(g.enc.copy for g in groups) else ("libx264", "aac"))
     input_duration = None
     if inp.kind == "file":
@@ -886,36 +915,37 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
         inp = replace(inp, has_audio=info.has_audio, has_video=info.has_video, fps=info.fps,
                       video_codec=info.video_codec, audio_codec=info.audio_codec)
         input_duration = None if inp.loop else info.duration
-        _complete_tracks(ff.path, inp, enc)
-        if enc.copy and (info.video_codec not in (None, "h264") or info.audio_codec not in (None, "aac")):
+        _complete_tracks(ff.path, inp, req.enc)
+        if req.enc.copy and (info.video_codec not in (None, "h264") or info.audio_codec not in (None, "aac")):
             warn(f"--copy sends {info.video_codec}/{info.audio_codec} as is; platforms expect h264/aac")
     if inp.kind == "device" and not Path(inp.target[len("v4l2:"):]).exists():
         raise UsageError(f"capture device not found: {inp.target[len('v4l2:'):]}")
-    slate_spec = slate_options(ff.path, slate[0], slate[1], inp)
-    if record:  # the file type, and that it fits the stream (--copy), checked before anything starts
-        plan.build(ff.path, inp, enc, (plan.record_slave(record),))
-    font = plan.find_font() if inp.kind == "test" or slate[0] is not None else None
+    slate_spec = slate_options(ff.path, req.slate[0], req.slate[1], inp)
+    if req.record:  # the file type, and that it fits the stream (--copy), checked before anything starts
+        plan.build(ff.path, inp, req.enc, (plan.record_slave(req.record),))
+    font = plan.find_font() if inp.kind == "test" or req.slate[0] is not None else None
     # keys, and credentials in URLs (rtmp://user:password@host/…): the destinations' and the input's
     url_creds = [c for t in targets for c in url_secrets(t.server_url)] + url_secrets(inp.target)
-    secrets = [t.key for t in targets if t.key] + ([ingest["key"]] if ingest else []) + url_creds
-    if dry_run:
+    secrets = [t.key for t in targets if t.key] + ([req.ingest["key"]] if req.ingest else []) + url_creds
+    if req.dry_run:
         if slate_spec is not None:  # the broadcast's ffmpeg reads the switcher's pipes (fds as an example)
-            inp = replace(inp, kind="switch", raw=plan.Raw(enc.size or (1280, 720),
-                                                           plan.number(enc.fps) if enc.fps else "30", 3, 4))
+            inp = replace(inp, kind="switch", raw=plan.Raw(req.enc.size or (1280, 720),
+                                                           plan.number(req.enc.fps) if req.enc.fps else "30", 3, 4))
             typer.echo("# --slate: a source ffmpeg per source session decodes it to raw frames; the size and rate "
                        "are --size/--fps, else the first source's")
         slaves, slot_of, _ = runner.layout(targets, lambda i: f"rtmp://127.0.0.1:<slot-{i}-port>/slot/slot-{i}",
-                                           record, groups)
-        p = plan.build(ff.path, inp, enc, slaves, duration, font=font, groups=groups)
-        mask = (lambda s: s) if show_keys else Redactor(secrets)
-        typer.echo(f"# ffmpeg {ff.version}; {len(targets)} destination(s); keys {'shown' if show_keys else 'masked'}")
+                                           req.record, groups)
+        p = plan.build(ff.path, inp, req.enc, slaves, req.duration, font=font, groups=groups)
+        mask = (lambda s: s) if req.show_keys else Redactor(secrets)
+        typer.echo(f"# ffmpeg {ff.version}; {len(targets)} destination(s); "
+                   f"keys {'shown' if req.show_keys else 'masked'}")
         typer.echo(f"# {len(groups)} encode group(s): one decode, one encode per group")
         for g in groups:
             typer.echo(f"# group {g.index + 1}: {g.enc.describe()}: {', '.join(g.members) or '(no destination)'}")
         for t in targets:
             where = f"slot-{slot_of[t.name]} via restream's relay" if t.name in slot_of else "direct (SRT)"
-            key = t.key if show_keys else prof.mask_key(t.key)
-            typer.echo(f"# {t.name}: {t.server_url if show_keys else mask_url(t.server_url)} key {key or '-'} "
+            key = t.key if req.show_keys else prof.mask_key(t.key)
+            typer.echo(f"# {t.name}: {t.server_url if req.show_keys else mask_url(t.server_url)} key {key or '-'} "
                        f"({where})")
         typer.echo(mask(p.shell()))
         return EXIT_OK
@@ -925,18 +955,20 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
             f"{g.enc.describe()}: {', '.join(g.members) or '(free slots)'}" for g in groups))
     redact = Redactor(secrets)
     watch = None
-    if live_changes:
+    if req.live_changes:
         def reload():
             from restream.selection import select
 
-            return _targets(select(prof.load(profile_name), only, skip, allow_empty=True), enc, caps, resolver)
+            return _targets(select(prof.load(req.profile_name), req.only, req.skip, allow_empty=True), req.enc,
+                            req.caps, resolver)
 
-        watch = (paths.profile_path(profile_name), reload)
+        watch = (paths.profile_path(req.profile_name), reload)
 
     from contextlib import nullcontext
 
-    with (runtime.broadcast_lock(profile_name, command_name, only, skip) if lock else nullcontext()) as session:
-        snap = status.initial(profile=profile_name, input=redact(_describe_input(inp)),
+    lock = runtime.broadcast_lock(req.profile_name, req.command_name, req.only, req.skip) if req.lock else None
+    with lock or nullcontext() as session:
+        snap = status.initial(profile=req.profile_name, input=redact(_describe_input(inp)),
                               ffmpeg=f"{ff.path} ({ff.version})", input_duration=input_duration)
         published = [0.0]
 
@@ -950,30 +982,32 @@ def _broadcast(*, profile_name: str, dests, inp, enc, ffmpeg_opt, record, durati
                 published[0] = snap.now
                 session.publish(asdict(snap))
 
-        banner = ingest.get("banner") if ingest else None
-        b = runner.Broadcast(ff.path, inp, enc, targets, on_event, profile=profile_name,
-                             ffmpeg_label=f"{ff.path} ({ff.version})", record=record, duration=duration, font=font,
-                             input_label=redact(_describe_input(inp)), watch=watch, once=once,
-                             secrets=((ingest["key"],) if ingest else ()) + tuple(url_creds),
-                             queue_size=2000 if ingest else 600, input_duration=input_duration,
-                             stall_timeout=stall_timeout, slate=slate_spec,
+        banner = req.ingest.get("banner") if req.ingest else None
+        b = runner.Broadcast(ff.path, inp, req.enc, targets, on_event, profile=req.profile_name,
+                             ffmpeg_label=f"{ff.path} ({ff.version})", record=req.record, duration=req.duration,
+                             font=font,
+                             input_label=redact(_describe_input(inp)), watch=watch, once=req.once,
+                             secrets=((req.ingest["key"],) if req.ingest else ()) + tuple(url_creds),
+                             queue_size=2000 if req.ingest else 600, input_duration=input_duration,
+                             stall_timeout=req.stall_timeout, slate=slate_spec,
                              on_ready=(lambda: typer.echo(banner, err=True)) if banner else None)
-        if ingest:
+        if req.ingest:
             from restream.ingest import IngestGate
 
-            b.gate = IngestGate(ingest["host"], ingest["port"], ingest["app"], ingest["key"], b.on_ingest,
+            gate = req.ingest
+            b.gate = IngestGate(gate["host"], gate["port"], gate["app"], gate["key"], b.on_ingest,
                                 take_over_after=TAKE_OVER_S if slate_spec is not None else None)
         sinks = []
-        if log_file:
+        if req.log_file:
             try:
-                sinks.append(view.LogFile(log_file, status_interval=status_interval))
+                sinks.append(view.LogFile(req.log_file, status_interval=req.status_interval))
             except OSError as exc:
-                raise UsageError(f"--log-file {log_file}: {exc.strerror or exc}") from None
-        sinks.insert(0, view.make_view(mode, quiet=quiet, status_interval=status_interval))
+                raise UsageError(f"--log-file {req.log_file}: {exc.strerror or exc}") from None
+        sinks.insert(0, view.make_view(req.mode, quiet=req.quiet, status_interval=req.status_interval))
         try:
             code = asyncio.run(b.run())
         except RestreamError as exc:
-            if mode == "json" and snap.started_at is None and hasattr(sinks[0], "error"):
+            if req.mode == "json" and snap.started_at is None and hasattr(sinks[0], "error"):
                 sinks[0].error(str(exc), exit_code_for(exc))  # a failure before the start: one error event
             raise
         finally:
@@ -1066,11 +1100,10 @@ def go_cmd(
         record = recording.check(recording.expand(record, p.name), overwrite=overwrite,
                                  inputs=(inp.target if inp.kind == "file" else None, inp.image))
     _bitrate_warnings(dests, enc, caps=not no_caps)
-    code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
-                      duration=seconds, dry_run=dry_run, show_keys=show_keys, mode=mode, quiet=quiet,
-                      status_interval=status_interval, log_file=log_file, command_name="go", only=only, skip=skip,
-                      stall_timeout=_stall_timeout(stall_timeout), caps=not no_caps,
-                      slate=(slate, slate_timeout))
+    code = _broadcast(BroadcastRequest(
+        p.name, dests, inp, enc, "go", ffmpeg_opt=ffmpeg, record=record, duration=seconds, dry_run=dry_run,
+        show_keys=show_keys, mode=mode, quiet=quiet, status_interval=status_interval, log_file=log_file, only=only,
+        skip=skip, stall_timeout=_stall_timeout(stall_timeout), caps=not no_caps, slate=(slate, slate_timeout)))
     raise typer.Exit(code)
 
 
@@ -1118,12 +1151,11 @@ def demo_cmd(
             dests = [prof.make_destination(r.name, r.url, r.key) for r in receivers]
             typer.echo(f"restream demo: 3 local receivers stand in for {', '.join(demo.PLATFORMS)}; "
                        f"one encode of a test pattern goes to all three for {seconds:g} s.", err=True)
-            code = _broadcast(profile_name="demo", dests=dests, inp=plan.Input("test"),
-                              enc=plan.Encoding(size=plan.parse_size(size), fps=30, video_bitrate_k=2500,
-                                                audio_bitrate_k=128),
-                              ffmpeg_opt=ff.path, record=None, duration=seconds, dry_run=False, show_keys=False,
-                              mode=_output_mode(plain, False), quiet=False, status_interval=5.0, log_file=None,
-                              command_name="demo", live_changes=False, lock=False)
+            code = _broadcast(BroadcastRequest(
+                "demo", dests, plan.Input("test"),
+                plan.Encoding(size=plan.parse_size(size), fps=30, video_bitrate_k=2500, audio_bitrate_k=128),
+                "demo", ffmpeg_opt=ff.path, duration=seconds, mode=_output_mode(plain, False), status_interval=5.0,
+                live_changes=False, lock=False))
         finally:
             demo.stop_receivers(receivers)
         verdicts = [demo.verify(ff.path, r, seconds) for r in receivers]
@@ -1241,12 +1273,11 @@ def relay_cmd(
                       "delete that file for a new one)")
     banner = f"restream relay: publish to  server {parts.scheme}://{parts.netloc}/{app}   stream key {shown}"
     inp = plan.Input("listen")
-    code = _broadcast(profile_name=p.name, dests=dests, inp=inp, enc=enc, ffmpeg_opt=ffmpeg, record=record,
-                      duration=seconds, dry_run=False, show_keys=False, mode=mode, quiet=quiet,
-                      status_interval=status_interval, log_file=log_file, command_name="relay", only=only,
-                      skip=skip, ingest={"host": host, "port": port, "app": app, "key": key,
-                                         "banner": banner},  # printed once the port is bound and the lock held
-                      once=once, stall_timeout=stall_timeout, slate=(slate, slate_timeout))
+    code = _broadcast(BroadcastRequest(
+        p.name, dests, inp, enc, "relay", ffmpeg_opt=ffmpeg, record=record, duration=seconds, mode=mode,
+        quiet=quiet, status_interval=status_interval, log_file=log_file, only=only, skip=skip,
+        ingest={"host": host, "port": port, "app": app, "key": key, "banner": banner},  # printed once the port
+        once=once, stall_timeout=stall_timeout, slate=(slate, slate_timeout)))           # is bound, the lock held
     raise typer.Exit(code)
 
 
