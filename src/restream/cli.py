@@ -886,16 +886,24 @@ class BroadcastRequest:
 
 
 def _broadcast(req: BroadcastRequest) -> int:
-    """The shared path of `go` (and the demo): check everything, then run one broadcast and show it."""
+    """The shared path of `go`, `relay` and the demo: the profile's broadcast lock first (a busy profile is refused
+    before anything else is looked at: exit 6 at once), then check everything, run one broadcast and show it."""
+    if req.dry_run or not req.lock:
+        return _checked_broadcast(req, None)
+    from restream import runtime
+
+    with runtime.broadcast_lock(req.profile_name, req.command_name, req.only, req.skip) as session:
+        return _checked_broadcast(req, session)
+
+
+def _checked_broadcast(req: BroadcastRequest, session) -> int:
     import asyncio
     from dataclasses import asdict, replace
 
-    from restream import discover, events, plan, runtime, status
+    from restream import discover, events, keysource, plan, status
     from restream import run as runner
     from restream import view
     from restream.redact import Redactor
-
-    from restream import keysource
 
     inp = req.inp  # (completed below: a file's tracks, the switcher's pipes)
     resolver = keysource.Resolver()
@@ -964,55 +972,51 @@ def _broadcast(req: BroadcastRequest) -> int:
 
         watch = (paths.profile_path(req.profile_name), reload)
 
-    from contextlib import nullcontext
+    snap = status.initial(profile=req.profile_name, input=redact(_describe_input(inp)),
+                          ffmpeg=f"{ff.path} ({ff.version})", input_duration=input_duration)
+    published = [0.0]
 
-    lock = runtime.broadcast_lock(req.profile_name, req.command_name, req.only, req.skip) if req.lock else None
-    with lock or nullcontext() as session:
-        snap = status.initial(profile=req.profile_name, input=redact(_describe_input(inp)),
-                              ffmpeg=f"{ff.path} ({ff.version})", input_duration=input_duration)
-        published = [0.0]
+    def on_event(e) -> None:
+        nonlocal snap
+        snap = status.reduce(snap, e)
+        for sink in sinks:
+            sink.update(snap, e)
+        if session and (isinstance(e, (events.DestState, events.Started, events.Ended))
+                        or snap.now - published[0] >= 1.0):
+            published[0] = snap.now
+            session.publish(asdict(snap))
 
-        def on_event(e) -> None:
-            nonlocal snap
-            snap = status.reduce(snap, e)
-            for sink in sinks:
-                sink.update(snap, e)
-            if session and (isinstance(e, (events.DestState, events.Started, events.Ended))
-                            or snap.now - published[0] >= 1.0):
-                published[0] = snap.now
-                session.publish(asdict(snap))
+    banner = req.ingest.get("banner") if req.ingest else None
+    b = runner.Broadcast(ff.path, inp, req.enc, targets, on_event, profile=req.profile_name,
+                         ffmpeg_label=f"{ff.path} ({ff.version})", record=req.record, duration=req.duration,
+                         font=font,
+                         input_label=redact(_describe_input(inp)), watch=watch, once=req.once,
+                         secrets=((req.ingest["key"],) if req.ingest else ()) + tuple(url_creds),
+                         queue_size=2000 if req.ingest else 600, input_duration=input_duration,
+                         stall_timeout=req.stall_timeout, slate=slate_spec,
+                         on_ready=(lambda: typer.echo(banner, err=True)) if banner else None)
+    if req.ingest:
+        from restream.ingest import IngestGate
 
-        banner = req.ingest.get("banner") if req.ingest else None
-        b = runner.Broadcast(ff.path, inp, req.enc, targets, on_event, profile=req.profile_name,
-                             ffmpeg_label=f"{ff.path} ({ff.version})", record=req.record, duration=req.duration,
-                             font=font,
-                             input_label=redact(_describe_input(inp)), watch=watch, once=req.once,
-                             secrets=((req.ingest["key"],) if req.ingest else ()) + tuple(url_creds),
-                             queue_size=2000 if req.ingest else 600, input_duration=input_duration,
-                             stall_timeout=req.stall_timeout, slate=slate_spec,
-                             on_ready=(lambda: typer.echo(banner, err=True)) if banner else None)
-        if req.ingest:
-            from restream.ingest import IngestGate
-
-            gate = req.ingest
-            b.gate = IngestGate(gate["host"], gate["port"], gate["app"], gate["key"], b.on_ingest,
-                                take_over_after=TAKE_OVER_S if slate_spec is not None else None)
-        sinks = []
-        if req.log_file:
-            try:
-                sinks.append(view.LogFile(req.log_file, status_interval=req.status_interval))
-            except OSError as exc:
-                raise UsageError(f"--log-file {req.log_file}: {exc.strerror or exc}") from None
-        sinks.insert(0, view.make_view(req.mode, quiet=req.quiet, status_interval=req.status_interval))
+        gate = req.ingest
+        b.gate = IngestGate(gate["host"], gate["port"], gate["app"], gate["key"], b.on_ingest,
+                            take_over_after=TAKE_OVER_S if slate_spec is not None else None)
+    sinks = []
+    if req.log_file:
         try:
-            code = asyncio.run(b.run())
-        except RestreamError as exc:
-            if req.mode == "json" and snap.started_at is None and hasattr(sinks[0], "error"):
-                sinks[0].error(str(exc), exit_code_for(exc))  # a failure before the start: one error event
-            raise
-        finally:
-            if snap.started_at is not None:
-                _close_views(sinks, snap)
+            sinks.append(view.LogFile(req.log_file, status_interval=req.status_interval))
+        except OSError as exc:
+            raise UsageError(f"--log-file {req.log_file}: {exc.strerror or exc}") from None
+    sinks.insert(0, view.make_view(req.mode, quiet=req.quiet, status_interval=req.status_interval))
+    try:
+        code = asyncio.run(b.run())
+    except RestreamError as exc:
+        if req.mode == "json" and snap.started_at is None and hasattr(sinks[0], "error"):
+            sinks[0].error(str(exc), exit_code_for(exc))  # a failure before the start: one error event
+        raise
+    finally:
+        if snap.started_at is not None:
+            _close_views(sinks, snap)
     return code
 
 
