@@ -245,3 +245,46 @@ def test_a_burst_after_a_stall_does_not_flash_up_on_the_slate():
     assert set(after) == {200}, "frames of a burst after a stall went on air"
     assert [s for s, _ in states] == ["live", "lost", "slate"]
     f.end()
+
+
+def test_frames_spread_over_a_long_stall_do_not_add_up_to_a_return():
+    """A stray pair of frames on the slate, a second later the decoder's last burst: neither is a source that
+    delivers again (the bench saw such a source flash up after the slate before it ended)."""
+    f = Feeder()
+
+    def script(sw, t0):
+        f.send(10)
+        sw.offer(f.src)
+        time.sleep(1.0)  # stalled: the slate is on
+        f.send(2)
+        time.sleep(1.0)
+        f.send(4)
+
+    out, states, sw = run_switcher(script, seconds=2.8)
+    tags = [t for _, t in out.frames]
+    assert set(tags[tags.index(200):]) == {200}
+    assert [s for s, _ in states] == ["live", "lost", "slate"] and sw.handovers == 0
+    f.end()
+
+
+def test_a_source_back_from_a_stall_returns_once_it_delivers_steadily():
+    f = Feeder()
+
+    def script(sw, t0):
+        f.send(10)
+        sw.offer(f.src)
+        time.sleep(1.0)  # stalled: the slate is on
+
+        def steady():
+            for _ in range(40):
+                f.send(1)
+                time.sleep(1 / 50)
+
+        threading.Thread(target=steady, daemon=True).start()
+
+    out, states, sw = run_switcher(script, seconds=2.4)
+    assert [s for s, _ in states] == ["live", "lost", "slate", "live"] and sw.handovers == 1
+    tags = [t for _, t in out.frames]
+    back = len(tags) - tags[::-1].index(200)  # the first frame after the last slate frame
+    assert tags[back:] and 200 not in tags[back:]
+    f.end()

@@ -655,11 +655,15 @@ def fit_chain(size: tuple[int, int] | None, rate: str | None) -> str:
     return ",".join(chain + ["setsar=1", "format=yuv420p"])
 
 
-def raw_outputs(size: tuple[int, int] | None, rate: str | None, video_fd: int, audio_fd: int) -> list[str]:
+def raw_outputs(size: tuple[int, int] | None, rate: str | None, video_fd: int, audio_fd: int,
+                tight: bool = False) -> list[str]:
     """A source ffmpeg's output: raw frames and raw sound on two pipes, each flushed per packet. A tee, so that a
-    source without sound still runs: its sound slave fails (the pipe closes at once) and the picture goes on."""
+    source without sound still runs: its sound slave fails (the pipe closes at once) and the picture goes on.
+    ``tight``: the sound follows its timestamps within 10 ms, not 100 (a looped file: each loop's seam would let
+    it drift a frame's worth)."""
+    resample = "aresample=48000:async=1:" + ("min_hard_comp=0.01:" if tight else "") + "first_pts=0"
     return ["-map", "0:v:0", "-map", "0:a:0?", "-vf", fit_chain(size, rate), "-c:v", "rawvideo",
-            "-af", "aresample=48000:async=1:first_pts=0", "-ac", "2", "-c:a", "pcm_s16le",
+            "-af", resample, "-ac", "2", "-c:a", "pcm_s16le",
             "-f", "tee", "-use_fifo", "0",
             f"[f=rawvideo:select=v:flush_packets=1]pipe\\:{video_fd}"
             f"|[f=s16le:select=a:flush_packets=1:onfail=ignore]pipe\\:{audio_fd}"]
@@ -702,4 +706,4 @@ def loop_argv(ffmpeg: str, path: str, size: tuple[int, int], rate: str, video_fd
               audio_fd: int) -> list[str]:
     """A video slate: the file looped for ever, decoded as fast as it is read (the switcher paces it)."""
     return [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-stream_loop", "-1", "-i", path,
-            *raw_outputs(size, rate, video_fd, audio_fd)]
+            *raw_outputs(size, rate, video_fd, audio_fd, tight=True)]

@@ -625,8 +625,8 @@ class Broadcast:
             code = 1  # the destinations were fine; the recording was not
         sw = self.desk.switcher if self.desk is not None else None
         slate = (round(sw.slate_frames / float(sw.fps), 3), sw.handovers) if sw is not None else (None, None)
-        self.emit(ev.Ended(time.time(), code, reason, rc, sessions=self.life.sessions if self.per_session else None,
-                           slate_s=slate[0], handovers=slate[1]))
+        sessions = self.life.sessions if self.per_session else self.publishers if self.gate is not None else None
+        self.emit(ev.Ended(time.time(), code, reason, rc, sessions=sessions, slate_s=slate[0], handovers=slate[1]))
         return code
 
     async def _stopper(self) -> None:

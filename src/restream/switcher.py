@@ -457,7 +457,8 @@ class Switcher:
         self._lost_at: float | None = None  # when the current source's frames stopped
         self._min_depth = (0.0, 99)  # (window start, the smallest depth seen in it)
         self._silence = b""
-        self._resume_from: float | None = None  # on the slate: when the stalled source's frames came again
+        # on the slate: (when, frames arrived then) the stalled source's frames started coming again
+        self._resume_from: tuple[float, int] | None = None
 
     # -- from other threads ---------------------------------------------------------------------------------------
 
@@ -613,14 +614,19 @@ class Switcher:
         return self.slate.take(samples, lost_for if self._lost_at is not None else 0.0)
 
     def _resumed(self, src: RawSource, now: float) -> bool:
-        """The source that stalled delivers again, steadily (frames arriving over RESUME_S, not one burst)."""
+        """The source that stalled delivers again, steadily: frames arriving for RESUME_S with no pause of more
+        than a few frame periods (a burst is not enough: a decoder lets its last frames go in one when its input
+        dies, however long after the stall)."""
         if src.depth == 0 or src.video_eof:
             self._resume_from = None
             return False
         last = src.last_arrival if src.last_arrival is not None else now
-        if self._resume_from is None:
-            self._resume_from = last
-        return last - self._resume_from >= RESUME_S and src.ready()
+        if self._resume_from is None or now - last > 3.0 / float(self.fps):
+            self._resume_from = (last, src.arrived)  # the window starts (again) at the latest frame
+            return False
+        since, count = self._resume_from
+        steady = (src.arrived - count) >= 0.7 * RESUME_S * float(self.fps)
+        return last - since >= RESUME_S and steady and src.ready()
 
     def _trim(self, src: RawSource, now: float) -> None:
         """A source that keeps frames waiting adds delay: after a second with never fewer than TRIM_DEPTH
