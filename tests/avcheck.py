@@ -18,8 +18,11 @@ strings as well as on small files (tests/test_avcheck.py).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -438,3 +441,32 @@ def marker_publisher(url: str, size: str = "320x240", fps: int = 25, colour: str
         argv += ["-flush_packets", "1"]
     argv += [*extra, "-f", fmt, url]
     return argv
+
+
+class Marker:
+    """A running marker publisher (``marker_publisher``'s argv) in its own session, reaped by PID."""
+
+    def __init__(self, url: str, log: Path, **kw) -> None:
+        self.url, self.log, self.kw = url, log, kw
+        self.started = time.monotonic()
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(marker_publisher(url, **kw), stdin=subprocess.DEVNULL, stdout=f, stderr=f,
+                                         start_new_session=True)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # a stopped one too
+            self.proc.wait(10)
