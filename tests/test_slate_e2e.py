@@ -162,6 +162,9 @@ def test_relay_slate_through_kill_stall_stop_and_new_publishers_one_publish_per_
                      "d2 noticed its receiver gone", timeout=20)
     d2b = procs.receiver("d2", "dest-key-2", port=recs[2].port)
     relay.wait_live(["d2"], count=2, timeout=30)
+    # the restored receiver gets the slate from the broadcast's next keyframe on (it has read the stream once its
+    # log shows the input): wait for that, so its file starts on the slate
+    wait_for(d2b.connected, 15, what="the restored d2 receiving the slate")
     assert src.states()[-1] == SLATE, src.states()
 
     # publisher 2: 320x240@25 (another size, aspect and rate), green, with audio; SIGSTOP (a stall), SIGCONT
@@ -211,9 +214,14 @@ def test_relay_slate_through_kill_stall_stop_and_new_publishers_one_publish_per_
         one_publish(r)
     story = ["red", SLATE, "green", SLATE, "green", SLATE, "blue", SLATE]
     reps = [checked(r, story, min_offsets=4) for r in recs[:2]]
-    restored = checked(d2b, story[1:], min_offsets=2)
-    killed = avcheck.analyze(recs[2].out)  # torn at the kill: only what it showed
-    assert killed.sequence()[:2] == ["red", SLATE], killed.describe()
+    # the restored receiver: ffmpeg's tee fifo resumes from the last keyframe it holds (the encoder's GOP is 2 s), so
+    # its file may begin with the last frames of publisher 1 before the slate (observed: 2 frames), never more
+    # than a GOP of them
+    first = avcheck.analyze(d2b.out).runs[0]
+    lead = ["red"] if first.label == "red" and first.frames <= 60 else []
+    restored = checked(d2b, lead + story[1:], min_offsets=2)
+    killed = avcheck.analyze(recs[2].out)  # SIGKILLed: what it had flushed (a solid colour is small: maybe nothing)
+    assert killed.sequence() in ([], ["red"], ["red", SLATE]), killed.describe()
 
     for rep in (*reps, restored):
         blue = frames_between(rep, "blue")[0]
@@ -344,7 +352,10 @@ def test_go_srt_listener_slate_after_the_caller_dies_and_hand_over_to_the_next(p
     time.sleep(1.0)
     assert interrupt(go) == 130, go.stderr[-3000:]
     end = go.events[-1]
-    assert end["event"] == "end" and end["exit_code"] == 130 and end["handovers"] == 1, end
+    print("source events:", [(e["state"], e.get("detail")) for e in src.events()])
+    assert end["event"] == "end" and end["exit_code"] == 130, end
+    assert [s for s in src.states() if s not in ("waiting", "lost")] == ["live", SLATE, "live", SLATE], src.events()
+    assert end["handovers"] == 1, (end, src.events())
     one_publish(recs[0])
     checked(recs[0], ["red", SLATE, "green", SLATE], min_offsets=4)
 
