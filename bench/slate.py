@@ -154,9 +154,9 @@ def role(pid: int, top: int) -> str:
     if pid == top:
         return "restream (Python)"
     argv = (cmdline(pid) or b"").split(b"\0")
-    if b"tee" in argv:
+    if b"libx264" in argv:  # (a source ffmpeg writes its two pipes through a tee too: the encoder tells them apart)
         return "broadcast ffmpeg"
-    if argv and b"ffmpeg" in argv[0]:
+    if b"rawvideo" in argv:
         return "source ffmpeg"
     return "other"
 

@@ -53,6 +53,7 @@ OTHER = "other"
 BEEP_HZ = 1000
 BEEP_S = 0.1  # each beep lasts 100 ms; a flash and a beep start each whole second of the publisher's clock
 SILENCE_DB = -40  # silencedetect's threshold: the beep is at -6 dBFS, the slate and the gaps are digital silence
+MIN_SILENCE_S = 0.05  # a beep onset is the end of a silence at least this long
 PAIR_WINDOW_S = 0.45  # a beep belongs to the flash within this distance (the markers are 1 s apart)
 
 
@@ -193,12 +194,15 @@ def flash_onsets(frames: list[Frame], labels: list[str] | None = None) -> list[f
 
 
 def pair_offsets(flashes: list[float], beeps: list[float], window: float = PAIR_WINDOW_S) -> list[tuple[float, float]]:
-    """(flash pts, beep - flash in ms) for each flash with a beep onset within ``window`` s (the nearest)."""
+    """(flash pts, beep - flash in ms) for each flash and beep onset that are each other's nearest and within
+    ``window`` s. Mutual: a flash whose own beep went unseen (a cut right after another source's beep leaves too
+    little silence before it) is not paired with that other source's beep, which has its own flash nearer."""
     out = []
     for t in flashes:
-        near = [b for b in beeps if abs(b - t) <= window]
-        if near:
-            b = min(near, key=lambda x: abs(x - t))
+        if not beeps:
+            break
+        b = min(beeps, key=lambda x: abs(x - t))
+        if abs(b - t) <= window and min(flashes, key=lambda x: abs(x - b)) == t:
             out.append((t, round((b - t) * 1000, 1)))
     return out
 
@@ -366,7 +370,7 @@ def frame_filter(audio: bool) -> str:
     graph = (f"[0:v:0]split[a][b];[a]crop={BLOCK}:{BLOCK}:0:0,showinfo[corner];"
              f"[b]crop={BLOCK}:{BLOCK}:(iw-{BLOCK})/2:(ih-{BLOCK})/2,showinfo[centre]")
     if audio:
-        graph += f";[0:a:0]silencedetect=n={SILENCE_DB}dB:d=0.2[sil]"
+        graph += f";[0:a:0]silencedetect=n={SILENCE_DB}dB:d={MIN_SILENCE_S}[sil]"
     return graph
 
 
@@ -425,7 +429,8 @@ def marker_publisher(url: str, size: str = "320x240", fps: int = 25, colour: str
                      loglevel: str = "warning", extra: tuple[str, ...] = ()) -> list[str]:
     """The argv of an ffmpeg publishing marker frames (and beeps, unless ``audio`` is False) to ``url``:
     libx264 ultrafast with a keyframe every 2 s, AAC 96k; ``fmt`` "flv" (rtmp://) or "mpegts" (srt://, udp://).
-    ``realtime`` paces the inputs (``-re``) as a live encoder would."""
+    ``realtime`` paces the inputs (``-re``) as a live encoder would. A receiver at a lower frame rate than the
+    publisher's can lose a one-frame flash to the rate conversion: give it ``flash_frames`` >= the ratio."""
     re_ = ["-re"] if realtime else []
     argv = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", loglevel,
             *re_, "-f", "lavfi", "-i", marker_video(size, fps, colour, flash_frames)]
@@ -441,6 +446,25 @@ def marker_publisher(url: str, size: str = "320x240", fps: int = 25, colour: str
         argv += ["-flush_packets", "1"]
     argv += [*extra, "-f", fmt, url]
     return argv
+
+
+def marker_file(path: Path, seconds: float, audio_graph: str | None = None, **kw) -> Path:
+    """A marker clip written to ``path`` as fast as it encodes (the container from its name); ``audio_graph``
+    replaces the beeps (e.g. ``marker_audio(shift_s=0.1)``: a deliberate A/V error)."""
+    fmt = {".flv": "flv", ".mp4": "mp4", ".ts": "mpegts", ".mkv": "matroska"}[Path(path).suffix]
+    argv = marker_publisher(str(path), realtime=False, seconds=seconds, fmt=fmt, **kw)
+    if audio_graph is not None:
+        argv[argv.index(marker_audio())] = audio_graph
+    subprocess.run([*argv[:-1], "-y", argv[-1]], check=True, timeout=60, capture_output=True)
+    return Path(path)
+
+
+def still_image(path: Path, colour: str, size: str = "640x360") -> Path:
+    """A one-frame picture of a palette colour (PNG, JPEG: from the name)."""
+    subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+                    f"color=c={hex_colour(PALETTE[colour])}:s={size}", "-frames:v", "1", "-y", str(path)],
+                   check=True, timeout=30)
+    return Path(path)
 
 
 class Marker:
