@@ -1,6 +1,7 @@
 """Regenerate docs/benchmarks.md: run every bench script in turn, collect their side-by-side ratios, write one table.
 
-Usage:  python bench/run.py [--skip-slow] [--skip-soak] [--only NAME] [--soak-json FILE] [--out docs/benchmarks.md]
+Usage:  python bench/run.py [--skip-slow] [--skip-soak] [--only NAME] [--soak-json FILE] [--slate-json FILE]
+                           [--out docs/benchmarks.md]
 
 Benches (NAME), each measured side by side in one run of its own:
 
@@ -473,13 +474,20 @@ def soak_figures(path: Path) -> dict:
 
 # -- slate --------------------------------------------------------------------------------------------------------
 
+SLATE_ARGV = ["bench/slate.py", "--rounds", "5", "--cpu-seconds", "60"]
+
+
 def bench_slate(fast: bool) -> dict:
     out = Path(tempfile.gettempdir()) / f"restream-slate-{os.getpid()}.json"
-    argv = ["bench/slate.py", "--rounds", "5", "--cpu-seconds", "60", "--json", str(out)]
-    table = run_script(argv, 1200)
-    figures = json.loads(out.read_text())
-    return {"command": "python " + " ".join(argv[:-2]), "rows": slate_rows(figures), "figures": figures,
-            "table": table.strip()}
+    run_script([*SLATE_ARGV, "--json", str(out)], 1200)
+    return slate_result(json.loads(out.read_text()))
+
+
+def slate_result(figures: dict) -> dict:
+    from slate import table
+
+    return {"command": "python " + " ".join(SLATE_ARGV), "rows": slate_rows(figures), "figures": figures,
+            "table": table(figures)}
 
 
 def slate_rows(f: dict) -> list[dict]:
@@ -501,6 +509,12 @@ def slate_rows(f: dict) -> list[dict]:
                     f"{'-' if sw is None else f'{sw:.1f} %'} vs {tree:.1f} % of one core "
                     f"({', '.join(f'{k} {v:.1f} %' for k, v in live.get('per_role_pct', {}).items())})",
                     f"switcher <= {TARGETS['switcher']:.0f} %", None if sw is None else sw <= TARGETS["switcher"]))
+    if f.get("flaps") is not None:
+        fl = f["flaps"]
+        rows.append(row(f"slate: switches at the receiver that no step asked for ({f['rounds']} rounds: a lost "
+                        "source flashing up between two slates, a slate inside a live source)", None,
+                        f"{len(fl)}" + (": " + "; ".join(f"{x['what']} for {x.get('on_air_s', x.get('slate_s'))} s"
+                                                         for x in fl) if fl else ""), "0", not fl))
     return rows
 
 
@@ -643,6 +657,7 @@ def main() -> int:
     ap.add_argument("--only", metavar="NAME", help="run only this bench: " + ", ".join(
         [n for n, _, _ in BENCHES] + ["soak"]))
     ap.add_argument("--soak-json", type=Path, help="the soak's result (default: the newest in the temp directory)")
+    ap.add_argument("--slate-json", type=Path, help="the figures of a bench/slate.py --json run, instead of running it")
     ap.add_argument("--render", action="store_true", help="run nothing: rewrite the document from the stored figures "
                     "(and --soak-json)")
     ap.add_argument("--out", type=Path, default=DOC)
@@ -659,7 +674,11 @@ def main() -> int:
             continue
         before = load()
         try:
-            res = fn(args.skip_slow)
+            if name == "slate" and args.slate_json:
+                res = slate_result(json.loads(args.slate_json.read_text()))
+                before = " ".join(f"{x:.1f}" for x in res["figures"]["load_before"])
+            else:
+                res = fn(args.skip_slow)
         except FileNotFoundError as exc:
             print(f"{name}: skipped: {exc}", file=sys.stderr)
             if not (results.get(name) or {}).get("rows"):

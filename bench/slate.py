@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import avcheck  # noqa: E402
 from avcheck import FLASH, SLATE, Frame, Marker  # noqa: E402
-from support import FFMPEG, Restream, cmdline, descendants, free_port, wait_for, wait_listening  # noqa: E402
+from support import FFMPEG, Restream, cmdline, descendants, free_port, wait_listening  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 KEY = "bench-ingest-key"
@@ -196,6 +196,7 @@ def main() -> int:
     ap.add_argument("--cpu-seconds", type=float, default=60.0)
     ap.add_argument("--slate-cpu-seconds", type=float, default=20.0)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--note", help="a line to keep with the figures (how this run differed)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="restream-slate-bench-"))
@@ -203,14 +204,12 @@ def main() -> int:
     tap = FrameTap(free_port(), "tap-key", tmp / "tap.log")
     subprocess.run([sys.executable, "-m", "restream", "add", "tap", "--url", tap.url, "--key-stdin"],
                    input="tap-key\n", text=True, capture_output=True, check=True, env={**os.environ, **env})
-    port = free_port()
-    ingest = f"rtmp://127.0.0.1:{port}/live/{KEY}"
-    relay = Restream("relay", ["--listen", ingest, "--json", "--size", args.size, "--fps", str(args.fps),
-                               "--slate-timeout", "10m", "--slate"], env)
-    things: list = [tap, relay]
+    things: list = [tap]
     figures: dict = {"size": args.size, "fps": args.fps, "rounds": args.rounds, "kill": [], "stall": [], "new": [],
-                     "load_before": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+                     "load_before": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+                     "start_hangs": 0, "note": args.note}
     n = 0
+    port = ingest = relay = None
 
     def publisher(**kw) -> Marker:
         nonlocal n
@@ -224,9 +223,27 @@ def main() -> int:
         return tap.first({m.kw["colour"], FLASH}, m.started, timeout) - m.started
 
     try:
-        wait_listening(port, 30, proc=relay.proc)
-        first = publisher()
-        seen(first, 40)  # the broadcast starts: not a hand-over
+        for attempt in range(3):  # a start that hangs is counted and tried again (the tap still listens)
+            port = free_port()
+            ingest = f"rtmp://127.0.0.1:{port}/live/{KEY}"
+            relay = Restream("relay", ["--listen", ingest, "--json", "--size", args.size, "--fps", str(args.fps),
+                                       "--slate-timeout", "10m", "--slate"], env)
+            things.append(relay)
+            wait_listening(port, 30, proc=relay.proc)
+            first = publisher()
+            try:
+                seen(first, 30)  # the broadcast starts: not a hand-over
+                break
+            except TimeoutError:
+                figures["start_hangs"] += 1
+                print(f"the first publisher never went on air (start {attempt + 1}): restream is restarted",
+                      file=sys.stderr, flush=True)
+                first.kill()
+                relay.kill()
+                if tap.proc.poll() is not None:
+                    raise
+        else:
+            raise RuntimeError("restream never put the first publisher on air in 3 starts")
         time.sleep(2)
         for r in range(args.rounds):
             t = time.monotonic()
@@ -256,7 +273,9 @@ def main() -> int:
         tap.first({SLATE}, time.monotonic(), 15)
         time.sleep(2)
         figures["cpu_slate"] = window(relay.proc.pid, tid, args.slate_cpu_seconds)
-        figures["source_states"] = [e["state"] for e in relay.events if e.get("event") == "source"]
+        figures["source_events"] = [(e["ts"][11:23], e["state"], e.get("detail")) for e in relay.events
+                                    if e.get("event") == "source"]
+        figures["flaps"] = flaps(tap.frames)
         os.kill(relay.proc.pid, signal.SIGINT)
         figures["exit_code"] = relay.wait(30)
         end = relay.events[-1] if relay.events and relay.events[-1].get("event") == "end" else {}
@@ -271,6 +290,36 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     return 0
+
+
+def flaps(frames: list[tuple[float, str]], short_s: float = 2.0) -> list[dict]:
+    """What the tap saw that no step of the bench asked for (every publisher is on air for 3 s or more): a colour
+    on air for less than ``short_s`` between two slates (``back``: the colour it had before that slate, i.e. a lost
+    source's last frames flashing up), and a slate between two long runs of the same colour (the source was taken
+    off air and came back by itself). Times: s from the tap's first frame."""
+    runs: list[list] = []  # [label, first arrival, last arrival, frames]
+    for t, label in frames:
+        if label == FLASH and runs and runs[-1][0] != SLATE:
+            label = runs[-1][0]
+        if runs and runs[-1][0] == label:
+            runs[-1][2], runs[-1][3] = t, runs[-1][3] + 1
+        else:
+            runs.append([label, t, t, 1])
+    t0 = frames[0][0] if frames else 0.0
+    out = []
+    for i in range(1, len(runs) - 1):
+        before, run, after = runs[i - 1], runs[i], runs[i + 1]
+        on_air = after[1] - run[1]
+        if run[0] != SLATE and before[0] == SLATE == after[0] and on_air < short_s:
+            back = i >= 2 and runs[i - 2][0] == run[0]
+            out.append({"what": f"{run[0]} {'back ' if back else ''}on air between two slates",
+                        "at_s": round(run[1] - t0, 2), "on_air_s": round(on_air, 2), "frames": run[3],
+                        "after_slate_s": round(run[1] - before[1], 2)})
+        if run[0] == SLATE and before[0] == after[0] != SLATE and (i + 2 >= len(runs) or
+                                                                   runs[i + 2][1] - after[1] >= short_s):
+            out.append({"what": f"slate in the middle of {before[0]}", "at_s": round(run[1] - t0, 2),
+                        "slate_s": round(after[1] - run[1], 2)})
+    return out
 
 
 def med(xs: list[float]) -> float | None:
@@ -307,8 +356,18 @@ def table(f: dict) -> str:
         if a is not None or b is not None:
             lines.append(f"| {r} | {pct(a)} | {pct(b)} | |")
     lines.append(f"| restream tree, total | {pct(live.get('tree_pct'))} | {pct(slate.get('tree_pct'))} | |")
+    if f.get("start_hangs"):
+        lines.append(f"\nstarts where the first publisher never went on air (restream restarted): {f['start_hangs']}")
     if not f.get("switch_thread_found"):
         lines.append(f"\n(no thread named `{SWITCH_THREAD}` in the restream process: the switcher's CPU is unknown)")
+    fl = f.get("flaps")
+    if fl is not None:
+        lines.append(f"\nunasked-for switches seen at the tap: {len(fl)}" + (": " + "; ".join(
+            f"{x['what']} at {x['at_s']} s for {x.get('on_air_s', x.get('slate_s'))} s"
+            + (f" ({x['frames']} frames, {x['after_slate_s']} s after the slate came)" if "frames" in x else "")
+            for x in fl) if fl else ""))
+    if f.get("note"):
+        lines.append(f"\n{f['note']}")
     lines.append(f"\nexit code {f.get('exit_code')}, end {f.get('end')}; load {f['load_before']} before, "
                  f"{f['load_after']} after; {f['cpus']} CPUs")
     return "\n".join(lines)
