@@ -1,6 +1,7 @@
 """Regenerate docs/benchmarks.md: run every bench script in turn, collect their side-by-side ratios, write one table.
 
-Usage:  python bench/run.py [--skip-slow] [--skip-soak] [--only NAME] [--soak-json FILE] [--out docs/benchmarks.md]
+Usage:  python bench/run.py [--skip-slow] [--skip-soak] [--only NAME] [--soak-json FILE] [--slate-json FILE]
+                           [--out docs/benchmarks.md]
 
 Benches (NAME), each measured side by side in one run of its own:
 
@@ -16,6 +17,8 @@ Benches (NAME), each measured side by side in one run of its own:
                  listening -> it has media (its log shows the input); then both proxies pause f for 20 s: a and b's
                  delivery during the pause / the pause's wall time; and peak RSS of restream's Python process vs
                  its ffmpeg.
+* ``slate``      bench/slate.py (slow): at the receiver, source killed/stalled -> slate and new publisher -> its
+                 picture (medians of 5 rounds), and the switcher thread's CPU at 1280x720@30 (a "Slate" section).
 * ``soak``       bench/soak.py --minutes 30 (slow; skipped with --skip-soak): its figures are read from --soak-json
                  (default: the newest restream-soak-*.json in the temp directory), and it draws docs/soak.png.
 
@@ -469,6 +472,52 @@ def soak_figures(path: Path) -> dict:
                                                    "faults", "reconnects_reported")} for n, v in d.items()}}
 
 
+# -- slate --------------------------------------------------------------------------------------------------------
+
+SLATE_ARGV = ["bench/slate.py", "--rounds", "5", "--cpu-seconds", "60"]
+
+
+def bench_slate(fast: bool) -> dict:
+    out = Path(tempfile.gettempdir()) / f"restream-slate-{os.getpid()}.json"
+    run_script([*SLATE_ARGV, "--json", str(out)], 1200)
+    return slate_result(json.loads(out.read_text()))
+
+
+def slate_result(figures: dict) -> dict:
+    from slate import table
+
+    return {"command": "python " + " ".join(SLATE_ARGV), "rows": slate_rows(figures), "figures": figures,
+            "table": table(figures)}
+
+
+def slate_rows(f: dict) -> list[dict]:
+    from slate import TARGETS, med
+
+    size = f"{f['size']}@{f['fps']}"
+    rows = []
+    for key, what in (("kill", "source SIGKILLed -> slate visible"), ("stall", "source stalled (SIGSTOP) -> slate "
+                      "visible"), ("new", "new publisher started -> its picture")):
+        m = med(f[key])
+        rows.append(row(f"slate: {what}, at the receiver, {size}, median of {len(f[key])}", None,
+                        f"{m:.2f} s ({', '.join(f'{x:.2f}' for x in f[key])})", f"<= {TARGETS[key]} s",
+                        m <= TARGETS[key]))
+    live = f.get("cpu_live") or {}
+    sw = live.get("switcher_pct")
+    tree = live.get("tree_pct")
+    rows.append(row(f"slate: the switcher thread's CPU vs the whole restream tree, live publisher {size}, "
+                    f"{live.get('wall_s', 0):.0f} s", sw / tree if sw is not None and tree else None,
+                    f"{'-' if sw is None else f'{sw:.1f} %'} vs {tree:.1f} % of one core "
+                    f"({', '.join(f'{k} {v:.1f} %' for k, v in live.get('per_role_pct', {}).items())})",
+                    f"switcher <= {TARGETS['switcher']:.0f} %", None if sw is None else sw <= TARGETS["switcher"]))
+    if f.get("flaps") is not None:
+        fl = f["flaps"]
+        rows.append(row(f"slate: switches at the receiver that no step asked for ({f['rounds']} rounds: a lost "
+                        "source flashing up between two slates, a slate inside a live source)", None,
+                        f"{len(fl)}" + (": " + "; ".join(f"{x['what']} for {x.get('on_air_s', x.get('slate_s'))} s"
+                                                         for x in fl) if fl else ""), "0", not fl))
+    return rows
+
+
 # -- the document -------------------------------------------------------------------------------------------------
 
 BENCHES = [  # name, function, slow; in the order of the table
@@ -478,6 +527,7 @@ BENCHES = [  # name, function, slow; in the order of the table
     ("relay_cpu", bench_relay_cpu, True),
     ("faults", measure_faults, False),
     ("list", bench_list, False),
+    ("slate", bench_slate, True),
 ]
 
 
@@ -578,6 +628,23 @@ def render(results: dict, soak: dict | None) -> str:
                       "file's own duration/size). Middle: delivered minus wall time since its first `live`: each "
                       "kill is a step down of its downtime plus the reconnect. Red: kill, green dashed: new receiver "
                       "listening. Bottom: the Python process's RSS.", ""]
+    sl = results.get("slate") or {}
+    if sl.get("table"):
+        lines += [
+            "",
+            f"## Slate: {sl['date']}",
+            "",
+            f"`{sl['command']}` (load {sl['load']} before): `restream relay --slate` with one destination, a frame tap "
+            "(an `ffmpeg -listen 1` receiver decoding each frame's corner and centre to a pipe, stamped on arrival); "
+            "marker publishers (a solid colour each, libx264 ultrafast, AAC, `-re`) at the broadcast's size and rate. "
+            "The latencies include the broadcast encoder's lookahead and the tap's decode, as a viewer's player "
+            "would see them; a new publisher's time counts from its ffmpeg's start (connection, key check, probe "
+            "included). CPU is utime+stime from /proc over the window, in % of one core; the switcher is the "
+            "restream thread named `restream-switch`.",
+            "",
+            *sl["table"].splitlines(),
+            "",
+        ]
     store = {"results": results, "soak": soak}
     lines += [MARK, json.dumps(store, indent=None, sort_keys=True), "-->", ""]
     return "\n".join(lines)
@@ -590,6 +657,7 @@ def main() -> int:
     ap.add_argument("--only", metavar="NAME", help="run only this bench: " + ", ".join(
         [n for n, _, _ in BENCHES] + ["soak"]))
     ap.add_argument("--soak-json", type=Path, help="the soak's result (default: the newest in the temp directory)")
+    ap.add_argument("--slate-json", type=Path, help="the figures of a bench/slate.py --json run, instead of running it")
     ap.add_argument("--render", action="store_true", help="run nothing: rewrite the document from the stored figures "
                     "(and --soak-json)")
     ap.add_argument("--out", type=Path, default=DOC)
@@ -606,7 +674,11 @@ def main() -> int:
             continue
         before = load()
         try:
-            res = fn(args.skip_slow)
+            if name == "slate" and args.slate_json:
+                res = slate_result(json.loads(args.slate_json.read_text()))
+                before = " ".join(f"{x:.1f}" for x in res["figures"]["load_before"])
+            else:
+                res = fn(args.skip_slow)
         except FileNotFoundError as exc:
             print(f"{name}: skipped: {exc}", file=sys.stderr)
             if not (results.get(name) or {}).get("rows"):
