@@ -223,6 +223,34 @@ def name_thread(name: str) -> None:
         _PRCTL(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
+class FramePool:
+    """Frame buffers kept for reuse across source sessions (a session every hand-over, for hours): the same few
+    buffers go round, instead of new large allocations that the allocator may not give back."""
+
+    def __init__(self, most: int = 2 * JITTER_CAP + 6) -> None:
+        self.most = most
+        self._free: dict[int, list[bytearray]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, size: int) -> bytearray:
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                return free.pop()
+            if self._free and size not in self._free:
+                self._free.clear()  # the broadcast's size is fixed: other sizes are a slate made before it
+        return bytearray(size)
+
+    def put(self, frame: bytearray) -> None:
+        with self._lock:
+            free = self._free.setdefault(len(frame), [])
+            if len(free) < self.most:
+                free.append(frame)
+
+
+POOL = FramePool()
+
+
 def _read_full(fd: int, buf: bytearray) -> bool:
     """Fill ``buf`` from ``fd``; False at the end of the pipe (a short tail is dropped: a torn frame is no frame)."""
     view = memoryview(buf)
@@ -266,7 +294,6 @@ class RawSource:
         self.last_arrival: float | None = None
         self.first_arrival: float | None = None
         self._closed = False
-        self._pool: list[bytearray] = []
         self._threads = [threading.Thread(target=self._read_video, args=(vfd,), name="restream-src-v", daemon=True)]
         if afd is not None:
             self._threads.append(threading.Thread(target=self._read_audio, args=(afd,), name="restream-src-a",
@@ -280,10 +307,7 @@ class RawSource:
     # -- readers (their own threads) ----------------------------------------------------------------------------
 
     def _buffer(self) -> bytearray:
-        with self._cond:
-            if self._pool:
-                return self._pool.pop()
-        return bytearray(self._fb)
+        return POOL.get(self._fb)
 
     def _read_video(self, fd: int) -> None:
         name_thread("restream-src-v")
@@ -347,7 +371,7 @@ class RawSource:
 
     def _drop_one(self) -> None:
         """Drop the oldest frame (its sound goes with it at the next take). Holding the lock."""
-        self._pool.append(self._frames.popleft())
+        POOL.put(self._frames.popleft())
         self._index += 1
         self.dropped += 1
 
@@ -414,19 +438,17 @@ class RawSource:
             return frame, sound
 
     def recycle(self, frame: bytearray) -> None:
-        if len(frame) == self._fb:
-            with self._cond:
-                if len(self._pool) < self.cap + 2:
-                    self._pool.append(frame)
+        """A frame the switcher is done with goes back for reuse."""
+        POOL.put(frame)
 
     def close(self) -> None:
         """Stop taking frames: the readers leave (closing their pipes) at the next read, or when the source
         process ends (the owner kills a source that is still running)."""
         with self._cond:
             self._closed = True
-            self._frames.clear()
+            while self._frames:
+                POOL.put(self._frames.popleft())
             self._audio.clear()
-            self._pool.clear()
             self._cond.notify_all()
 
 
