@@ -265,8 +265,8 @@ def test_unset_key_variable_is_named(procs, cli, monkeypatch):
     code, _, err = cli("add", "envy", "--url", f"rtmp://127.0.0.1:{free_port()}/live", "--key-env", var)
     assert code == 0, err
     go = procs.go(*CHEAP, "--plain")
-    assert go.wait(30) == 2
-    assert var in go.stderr and "envy" in go.stderr, go.stderr
+    assert go.wait(30) == 3  # a key source that failed, like a key file or command (issue 15)
+    assert var in go.stderr and "'envy'" in go.stderr and "key variable" in go.stderr, go.stderr
     assert go.tee_ffmpegs() == []
 
 

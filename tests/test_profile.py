@@ -132,7 +132,7 @@ def test_resolve_key_from_environment():
     d = prof.make_destination("a", "rtmp://h/app", stream_key_env="YT_KEY")
     assert d.key_source() == "$YT_KEY"
     assert prof.resolve_key(d, {"YT_KEY": CANARY_KEY}) == CANARY_KEY
-    with pytest.raises(UsageError, match=r"\$YT_KEY"):
+    with pytest.raises(ProfileError, match=r"'a': its key variable \$YT_KEY is not set"):
         prof.resolve_key(d, {})
 
 

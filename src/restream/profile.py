@@ -314,9 +314,9 @@ def resolve_key(dest: Destination, environ: dict[str, str] | os._Environ = os.en
     """The key to publish with: stored, or read from the environment now."""
     if dest.stream_key_env:
         value = environ.get(dest.stream_key_env)
-        if not value:
-            raise UsageError(
-                f"destination {dest.name!r} reads its key from ${dest.stream_key_env}, which is not set")
+        if not value:  # a key source that failed: a profile error (exit 3), like a key file or command
+            raise ProfileError(
+                f"destination {dest.name!r}: its key variable ${dest.stream_key_env} is not set")
         return validate_key(value)
     return dest.stream_key
 
