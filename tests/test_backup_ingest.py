@@ -274,3 +274,82 @@ def test_status_and_views_show_the_backup_ingest():
     assert "yt: switched to the backup ingest (3 failed attempts" in plain.getvalue()
     assert "yt: live (backup)" in plain.getvalue()
     assert status.outcome(snap)["yt"]["ingest"] == "backup"
+
+
+# -- backup = "both": primary and backup fed at once ---------------------------------------------------------------
+
+def framemd5(path) -> dict[int, str]:
+    """Packet pts (ms, FLV's time base) -> hash of the packet, per stream: "v:PTS" / "a:PTS" keys."""
+    import subprocess
+
+    from support import FFMPEG
+
+    out = subprocess.run([FFMPEG, "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0", "-c", "copy",
+                          "-f", "framemd5", "-"], capture_output=True, text=True, timeout=60).stdout  # a killed receiver's file ends short
+    frames = {}
+    for line in out.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        stream, _dts, pts, _dur, _size, digest = [x.strip() for x in line.split(",")]
+        frames[f"{stream}:{pts}"] = digest
+    return frames
+
+
+def _ingest_events(go, name: str, ingest: str | None = None) -> list[dict]:
+    return [e for e in go.events if e.get("event") == "ingest_state" and e["destination"] == name
+            and (ingest is None or e["ingest"] == ingest)]
+
+
+@timing
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_both_ingests_get_identical_frames_one_killed_reconnects_by_itself(procs, cli):
+    key = "key-both-" + "z" * 20
+    primary = procs.receiver("primary", key)
+    backup = procs.receiver("backup", key)
+    other = procs.receiver("other", "key-other")
+    assert cli("add", "yt", "--url", primary.url, "--key", key, "--backup-url", backup.url + "?backup=1",
+               "--backup-mode", "both")[0] == 0
+    assert cli("add", "other", "--url", other.url, "--key", "key-other")[0] == 0
+    go = procs.go(*CHEAP, "--duration", "20s", "--json", "--status-interval", "0.5")
+    go.wait_live(["yt", "other"])
+    go.wait_event(lambda e: e.get("event") == "ingest_state" and e["destination"] == "yt" and e["state"] == "live",
+                  "both ingests live", 15, count=2)
+    go.wait_stream_time(4, 15)
+    assert backup.connected()  # (its file stays empty: SIGKILL leaves ffmpeg's buffer unwritten)
+    backup.kill()
+    killed = time.time()
+    # the primary goes on: the destination stays live, only the backup is retrying
+    down = go.wait_event(lambda e: e.get("event") == "ingest_state" and e["ingest"] == "backup"
+                         and e["state"] == "retrying", "the backup retrying", 10)[0]
+    print(f"backup killed: retrying after {_ts(down) - killed:.2f} s")
+    assert go.state_now("yt") == "live" and [e["state"] for e in go.states("yt")] == ["connecting", "live"]
+    time.sleep(2)  # a gap the primary must not show: stream time keeps going (checked on the files below)
+    backup2 = procs.receiver("backup", key, port=backup.port)
+    started = time.time()
+    back = go.wait_event(lambda e: e.get("event") == "ingest_state" and e["ingest"] == "backup"
+                         and e["state"] == "live" and _ts(e) > started, "the backup live again", 10)[0]
+    took = _ts(back) - started
+    print(f"a new backup receiver: live again {took:.2f} s after it started listening")
+    bound(took, 6.0, "from the new backup receiver to live on it")
+    assert go.wait(60) == 0, go.stderr
+    receivers_done(primary, backup2, other)
+    end = go.events[-1]
+    assert end["exit_code"] == 0 and end["destinations"]["yt"]["state"] == "stopped", end
+    # the primary got the whole broadcast without a gap
+    m = probe(primary.out)
+    assert m.decodes and m.first_packet_key and m.duration >= 19, m
+    # the same frames on both ingests: every packet the new backup got is the primary's packet at that time (the
+    # receivers start their files at 0: align on the backup's first video packet, a keyframe)
+    p, b = framemd5(primary.out), framemd5(backup2.out)
+    first = min((k for k in b if k.startswith("0:")), key=lambda k: int(k[2:]))
+    (at,) = [k for k, digest in p.items() if k.startswith("0:") and digest == b[first]]
+    shift = int(at[2:]) - int(first[2:])
+    moved = {f"{k[:2]}{int(k[2:]) + shift}": digest for k, digest in b.items()}
+    same = [k for k in moved if p.get(k) == moved[k]]
+    print(f"frames: primary {len(p)} packets, new backup {len(b)} (from {shift} ms), {len(same)} identical")
+    assert len(b) > 100 and len(same) == len(b), "the ingests got different frames"
+    vids = sorted(int(k[2:]) for k in p if k.startswith("0:"))
+    gaps = [y - x for x, y in zip(vids, vids[1:])]
+    assert max(gaps) <= 200, f"the primary has a gap of {max(gaps)} ms"
+    assert CANARY_KEY not in go.stdout + go.stderr

@@ -363,8 +363,9 @@ KeyCmdOpt = Annotated[Optional[str], typer.Option(
 BackupUrlOpt = Annotated[Optional[str], typer.Option(
     "--backup-url", metavar="URL", help="A backup ingest (rtmp:// or rtmps://) for the same key.")]
 BackupModeOpt = Annotated[Optional[str], typer.Option(
-    "--backup-mode", metavar="failover", help="failover (default): switch to the backup when the primary fails "
-    "(3 attempts or 5 s) and stay there until it fails.")]
+    "--backup-mode", metavar="failover|both", help="failover (default): switch to the backup when the primary fails "
+    "(3 attempts or 5 s) and stay there until it fails; both: feed primary and backup at once (one slot, the "
+    "stream sent twice), live while either is.")]
 
 # A destination's own encoding (issue 14): 'default' removes a setting (the broadcast's applies again).
 DestVideoBitrateOpt = Annotated[Optional[str], typer.Option(
@@ -411,6 +412,7 @@ def _encoding_options(video_bitrate, audio_bitrate, size, fps, crop, copy) -> di
 
 @command("add", epilog="Examples:\n\n  restream add youtube --key-stdin < yt.key\n\n"
          "  restream add twitch --key-env TWITCH_KEY\n\n"
+         "  restream add youtube --key-stdin --backup --backup-mode both < yt.key   (feed both ingests)\n\n"
          "  restream add studio --url rtmp://203.0.113.7/live --key abc123")
 def add_cmd(
     name: Annotated[str, typer.Argument(help="Destination name (a platform name fills in its ingest URL).")],
@@ -568,6 +570,7 @@ def show_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json
 
 
 @command("edit", epilog="Examples:\n\n  restream edit youtube --key-stdin < new.key\n\n"
+         "  restream edit youtube --backup-mode both      (primary and backup at once)\n\n"
          "  restream edit studio --url rtmps://studio.example/live --rename studio-tls")
 def edit_cmd(
     name: DestArg,
@@ -1306,6 +1309,10 @@ def status_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = F
             return f"stalled {int(max(0, now - d['stalled_since']))}s"
         if d.get("ingest") == "backup" and d.get("state") == "live":
             return "live (backup)"
+        if d.get("ingests") and d.get("state") in ("live", "stalled", "stopped"):  # backup = "both"
+            from restream.status import ingests_label
+
+            return f"{d['state']} ({ingests_label((i['ingest'], i['state']) for i in d['ingests'])})"
         return str(d.get("state"))
 
     rows = [{"name": d.get("name"), "host": d.get("host"), "state": state_of(d),

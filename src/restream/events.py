@@ -56,6 +56,7 @@ class Traffic:
 
     ts: float
     sent: tuple[tuple[str, int], ...]
+    ingests: tuple[tuple[str, str, int], ...] = ()  # backup = "both": (name, ingest, bytes) of the relay session
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,20 @@ class SourceState:
     detail: str  # already redacted
 
 
-Event = Started | Progress | DestState | Traffic | Log | Recording | Ended | NewSession | IngestSwitch | SourceState
+@dataclass(frozen=True)
+class IngestState:
+    """A destination with ``backup = "both"``: one of its ingests ("primary" | "backup") changed state (connecting,
+    live, stalled, retrying; at the end its verdict, stopped = delivered, or failed)."""
+
+    ts: float
+    name: str
+    ingest: str
+    state: str
+    error: str | None = None  # already redacted
+
+
+Event = (Started | Progress | DestState | Traffic | Log | Recording | Ended | NewSession | IngestSwitch
+         | SourceState | IngestState)
 
 
 # -- -progress parsing --------------------------------------------------------------------------------------------

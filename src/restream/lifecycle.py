@@ -13,6 +13,9 @@ What the verdicts mean (the README's exit codes and docs/json-events.md say the 
   destination that would not take the end of the stream and had to be cut (``Forced``): it did not deliver.
 * Relay mode: each publisher session is judged the same way at its own end (the publisher left). A destination
   delivered the broadcast when it delivered every session it was part of. Between sessions it is ``waiting``.
+* ``backup = "both"``: each ingest (primary, backup) has its own lifecycle and verdict (``Dest.legs``, fed by the
+  events that name an ``ingest``); the destination is live while either is, stalled when its live ones all are, and
+  delivered a session when at least one ingest did (``legs_final`` says which).
 """
 
 from __future__ import annotations
@@ -37,22 +40,26 @@ class SessionEnd:
 @dataclass(frozen=True)
 class Connecting:
     name: str
+    ingest: str | None = None  # backup = "both": the event of that ingest
 
 
 @dataclass(frozen=True)
 class Live:
     name: str
+    ingest: str | None = None  # backup = "both": the event of that ingest
 
 
 @dataclass(frozen=True)
 class Stalled:
     name: str
     since: float  # ts of the last byte the destination took
+    ingest: str | None = None
 
 
 @dataclass(frozen=True)
 class Resumed:
     name: str
+    ingest: str | None = None  # backup = "both": the event of that ingest
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,14 @@ class Unpublished:
     """ffmpeg ended this destination's stream in order (FCUnpublish, then close)."""
 
     name: str
+    ingest: str | None = None
 
 
 @dataclass(frozen=True)
 class Down:
     name: str
     error: str | None
+    ingest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class Forced:
 
     name: str
     error: str
+    ingest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class Dest:
     undelivered: str | None = None  # why a session it was part of was not delivered (the first such reason)
     verdict: str | None = None     # once the stop began: STOPPED (delivered) or FAILED
     removed: bool = False
+    legs: tuple["Dest", ...] = ()  # backup = "both": each ingest's own lifecycle (a Dest named after it)
 
 
 @dataclass(frozen=True)
@@ -157,13 +168,43 @@ def step(life: Life, e: Event) -> Life:
         return life
     if isinstance(e, Removed):
         return _put(life, replace(d, removed=True, state=REMOVED))
+    ingest = getattr(e, "ingest", None)
     if life.stopping:
+        if isinstance(e, Forced) and ingest is not None:
+            return _put(life, _leg_forced(d, ingest, e.error))
         if isinstance(e, Forced) and d.verdict == STOPPED:
             return _put(life, replace(d, verdict=FAILED, error=e.error))
         return life  # part of stopping: never a failure
     if life.phase == "waiting":
         return life  # between publisher sessions: ffmpeg's last session is closing
+    if ingest is not None:
+        return _put(life, _leg_step(d, ingest, e))
     return _put(life, _dest_step(d, e))
+
+
+def _leg_step(d: Dest, ingest: str, e: Event) -> Dest:
+    """One ingest of a "both" destination changed; the destination's state follows from its ingests'."""
+    old = next((x for x in d.legs if x.name == ingest), None) or Dest(ingest, sessions=max(d.sessions, 1))
+    leg = _dest_step(old, e)
+    legs = tuple(sorted([x for x in d.legs if x.name != ingest] + [leg], key=lambda x: (x.name != "primary", x.name)))
+    states = [x.state for x in legs]
+    state = next((s for s in (LIVE, STALLED, RETRYING) if s in states), CONNECTING)
+    stalled = [x.stalled_since for x in legs if x.state == STALLED and x.stalled_since is not None]
+    error = f"{ingest}: {leg.error}" if leg.error and leg.error != old.error else d.error
+    return replace(d, legs=legs, state=state, error=error, ever_live=any(x.ever_live for x in legs),
+                   session_live=any(x.session_live for x in legs), ended_clean=any(x.ended_clean for x in legs),
+                   stalled_since=min(stalled) if state == STALLED and stalled else None)
+
+
+def _leg_forced(d: Dest, ingest: str, error: str) -> Dest:
+    """While stopping, one ingest had to be cut: it did not deliver; the destination did if another one did."""
+    legs = tuple(replace(x, verdict=FAILED, error=error) if x.name == ingest and x.verdict == STOPPED else x
+                 for x in d.legs)
+    if any(x.verdict == STOPPED for x in legs):
+        return replace(d, legs=legs)
+    if d.verdict == STOPPED:
+        return replace(d, legs=legs, verdict=FAILED, error=f"{ingest}: {error}")
+    return replace(d, legs=legs)
 
 
 def _dest_step(d: Dest, e: Event) -> Dest:
@@ -193,6 +234,11 @@ def _dest_step(d: Dest, e: Event) -> Dest:
 
 def _judge(d: Dest) -> tuple[bool, str | None]:
     """Did ``d`` deliver the session that is ending now? (and if not, why)."""
+    if d.legs:
+        judged = [(x.name, *_judge(x)) for x in d.legs]
+        if any(ok for _, ok, _ in judged):
+            return True, None
+        return False, "; ".join(f"{name}: {_with_error(why, x.error)}" for (name, _, why), x in zip(judged, d.legs))
     if d.state == LIVE or d.ended_clean:
         return True, None
     if d.state == STALLED:
@@ -204,8 +250,11 @@ def _judge(d: Dest) -> tuple[bool, str | None]:
 
 def _close_session(d: Dest) -> Dest:
     ok, why = _judge(d)
+    legs = tuple(_close_session(x) for x in d.legs)
     if ok:
-        return replace(d, delivered=d.delivered + 1)
+        return replace(d, delivered=d.delivered + 1, legs=legs)
+    if d.legs:
+        return replace(d, undelivered=d.undelivered or why, legs=legs)
     return replace(d, undelivered=d.undelivered or _with_error(why, d.error))
 
 
@@ -217,7 +266,10 @@ def _session_start(life: Life) -> Life:
     if life.stopping:
         return life
     rows = tuple(d if d.removed else replace(d, sessions=d.sessions + 1, session_live=False, ended_clean=False,
-                                             state=CONNECTING, stalled_since=None)
+                                             state=CONNECTING, stalled_since=None,
+                                             legs=tuple(replace(x, sessions=x.sessions + 1, session_live=False,
+                                                                ended_clean=False, state=CONNECTING,
+                                                                stalled_since=None) for x in d.legs))
                  for d in life.dests)
     return replace(life, phase="running", sessions=life.sessions + 1, dests=rows)
 
@@ -246,7 +298,9 @@ def _stop(life: Life, reason: str) -> Life:
                 d = replace(d, undelivered=d.undelivered or _with_error("never went live", d.error))
         else:
             verdict = STOPPED if d.delivered == d.sessions else FAILED
-        rows.append(replace(d, verdict=verdict))
+        legs = tuple(replace(x, verdict=STOPPED if x.sessions and x.delivered == x.sessions else FAILED)
+                     for x in d.legs)
+        rows.append(replace(d, verdict=verdict, legs=legs))
     return replace(life, phase="stopping", stop_reason=reason, dests=tuple(rows))
 
 
@@ -282,6 +336,33 @@ def final(life: Life) -> list[tuple[str, str, str | None]]:
             if life.relay and d.sessions > 1:
                 why = f"{why}; delivered {d.delivered} of {d.sessions} publisher sessions"
         out.append((d.name, verdict, why))
+    return out
+
+
+def leg_changes(old: Life, new: Life) -> list[tuple[str, str, str, str | None]]:
+    """(name, ingest, state, error) for every ingest of a "both" destination whose state or error changed."""
+    before = {d.name: {x.name: x for x in d.legs} for d in old.dests}
+    out = []
+    for d in new.dests:
+        if d.removed:
+            continue
+        for x in d.legs:
+            b = before.get(d.name, {}).get(x.name)
+            if b is None or (b.state, b.error) != (x.state, x.error):
+                out.append((d.name, x.name, x.state, x.error if x.state == RETRYING else None))
+    return out
+
+
+def legs_final(life: Life) -> list[tuple[str, str, str, str | None]]:
+    """The verdict of each ingest of the "both" destinations: (name, ingest, STOPPED | FAILED, why-not)."""
+    out = []
+    for d in life.dests:
+        if d.removed:
+            continue
+        for x in d.legs:
+            verdict = x.verdict or FAILED
+            why = None if verdict == STOPPED else (x.undelivered or x.error or "not live when the broadcast ended")
+            out.append((d.name, x.name, verdict, why))
     return out
 
 

@@ -8,7 +8,7 @@ A profile is ``<config dir>/profiles/<name>.toml``::
     server_url = "rtmp://a.rtmp.youtube.com/live2"
     stream_key = "xxxx-xxxx"        # or: stream_key_env = "YT_KEY", stream_key_file = "$CREDENTIALS_DIRECTORY/yt",
                                     #     stream_key_cmd = ["pass", "show", "youtube"]  (keysource.py)
-    backup_url = "rtmp://b.rtmp.youtube.com/live2?backup=1"   # optional; backup = "failover" (default)
+    backup_url = "rtmp://b.rtmp.youtube.com/live2?backup=1"   # optional; backup = "failover" (default) or "both"
     enabled = true
 """
 
@@ -34,7 +34,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,40}")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIELDS = ("name", "server_url", "stream_key", "stream_key_env", "enabled", "platform", "ca_file", "stream_key_file",
            "stream_key_cmd", "backup_url", "backup")
-BACKUP_MODES = ("failover",)  # "both" (feed primary and backup at once) is not implemented yet
+BACKUP_MODES = ("failover", "both")  # both: the relay feeds primary and backup at once
 # issue 14: a destination's own encoding (all optional; the broadcast's options are the default)
 ENCODING_FIELDS = ("video_bitrate", "audio_bitrate", "size", "fps", "crop", "copy")
 _FIELDS += ENCODING_FIELDS
@@ -63,7 +63,7 @@ class Destination:
     stream_key_file: str | None = None  # read when going live; ~ and $VARS expanded (keysource.py)
     stream_key_cmd: tuple[str, ...] | None = None  # argv run when going live; first line of stdout
     backup_url: str | None = None  # a second ingest for the same key (YouTube's b.rtmp...?backup=1)
-    backup: str | None = None  # "failover" (the default with a backup_url)
+    backup: str | None = None  # "failover" (the default with a backup_url) or "both" (fed at once)
 
     def encoding(self) -> dict:
         """Its own encoding settings (only those set), as in the profile."""
@@ -244,8 +244,7 @@ def make_destination(
             raise UsageError("the backup URL is the server URL itself")
     if backup is not None:
         if backup not in BACKUP_MODES:
-            raise UsageError("'backup' must be \"failover\" (\"both\", feeding both ingests at once, is not "
-                             "supported yet)")
+            raise UsageError("'backup' must be \"failover\" or \"both\"")
         if backup_url is None:
             raise UsageError("'backup' needs a 'backup_url'")
     if stream_key is not None:

@@ -51,7 +51,7 @@ class Target:
     ca_file: str | None = None
     enc: plan.Encoding | None = None  # its own encoding (settings, caps); None: the broadcast's
     backup_url: str | None = None  # a second ingest for the same key (the relay fails over to it)
-    backup_mode: str | None = None  # "failover" when backup_url is set
+    backup_mode: str | None = None  # "failover" or "both" when backup_url is set
 
     @property
     def via_relay(self) -> bool:
@@ -64,7 +64,8 @@ class Target:
             head, _, name = parts.path.rstrip("/").rpartition("/")
             url = parts._replace(path=head).geturl()
             key = name
-        return Upstream(self.name, url, key, self.ca_file, backup_url=self.backup_url)
+        return Upstream(self.name, url, key, self.ca_file, backup_url=self.backup_url,
+                        backup_mode=self.backup_mode or "failover")
 
     def __repr__(self) -> str:
         return f"Target(name={self.name!r}, server_url={self.server_url!r}, key='••••')"
@@ -235,6 +236,8 @@ class Broadcast:
         old, self.life = self.life, lifecycle.step(self.life, e)
         if old is self.life:
             return
+        for name, ingest, state, error in lifecycle.leg_changes(old, self.life):  # backup = "both"
+            self.emit(ev.IngestState(time.time(), name, ingest, state, self.redact(error) if error else None))
         for name, state, error in lifecycle.changes(old, self.life):
             d = self.life.dest(name)
             since = d.stalled_since if d is not None and state == ev.STALLED else None
@@ -245,21 +248,23 @@ class Broadcast:
         if name is None or self.slot_of.get(name) != e.slot:
             return
         kind = e.kind
+        leg = e.ingest if e.leg else None  # backup = "both": one ingest's event
         if kind == "connecting":
-            self._feed(lifecycle.Connecting(name))
+            self._feed(lifecycle.Connecting(name, leg))
         elif kind == "live":
-            self._feed(lifecycle.Live(name))
+            self._feed(lifecycle.Live(name, leg))
         elif kind == "stalled":
-            self._feed(lifecycle.Stalled(name, e.since or time.time()))
+            self._feed(lifecycle.Stalled(name, e.since or time.time(), leg))
         elif kind == "resumed":
-            self._feed(lifecycle.Resumed(name))
+            self._feed(lifecycle.Resumed(name, leg))
         elif kind == "ended":
-            self._feed(lifecycle.Unpublished(name))
+            self._feed(lifecycle.Unpublished(name, leg))
         elif kind == "forced":
-            self._feed(lifecycle.Forced(name, self.redact(e.error or "held up the end")))
-            self.emit(ev.Log(time.time(), "warning", f"{name}: {self.redact(e.error or 'held up the end')}"))
+            self._feed(lifecycle.Forced(name, self.redact(e.error or "held up the end"), leg))
+            who = f"{name} ({leg} ingest)" if leg else name
+            self.emit(ev.Log(time.time(), "warning", f"{who}: {self.redact(e.error or 'held up the end')}"))
         elif kind in ("disconnected", "refused"):
-            self._feed(lifecycle.Down(name, self.redact(e.error) if e.error else None))
+            self._feed(lifecycle.Down(name, self.redact(e.error) if e.error else None, leg))
         elif kind == "switched" and e.ingest:
             # which ingest is not a lifecycle state (connecting/live/... and the verdicts do not depend on it): the
             # views learn it from this event
@@ -608,6 +613,8 @@ class Broadcast:
         if not self._stop.is_set():
             self._begin_stop("input ended", hard=False)  # ffmpeg ended by itself: its input ended
         self._judge()
+        for name, ingest, verdict, why in lifecycle.legs_final(self.life):  # before the destination's own verdict
+            self.emit(ev.IngestState(time.time(), name, ingest, verdict, self.redact(why) if why else None))
         for name, verdict, why in lifecycle.final(self.life):
             self.emit(ev.DestState(time.time(), name, verdict, self.redact(why) if why else None))
         if self.stop_reason == "interrupted":
@@ -827,5 +834,7 @@ class Broadcast:
         while True:
             await asyncio.sleep(TRAFFIC_INTERVAL_S)
             names = {slot: name for name, slot in self.slot_of.items()}
-            sent = tuple((names[s.slot], s.bytes_up) for s in self.relay.stats() if s.slot in names)
-            self.emit(ev.Traffic(time.time(), sent))
+            stats = [s for s in self.relay.stats() if s.slot in names]
+            sent = tuple((names[s.slot], s.bytes_up) for s in stats)
+            per_ingest = tuple((names[s.slot], ingest, n) for s in stats for ingest, n in s.ingest_bytes)
+            self.emit(ev.Traffic(time.time(), sent, per_ingest))

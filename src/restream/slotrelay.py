@@ -23,6 +23,9 @@ switches to the other ingest (a "switched" event says to which and why); a sessi
 ffmpeg's fifo reconnects at once. The slot never switches back just because the other ingest returned: only when the
 current one fails in the same way (no flapping).
 
+Backup ingest, ``both``: the slot's ffmpeg session is answered by the relay itself and fed to both ingests at once,
+each with its own connection, state and reconnection (``dualingest``; its events have ``leg=True``).
+
 asyncio, stdlib only. Every method except ``assign`` and ``stats`` must be used from the event loop's thread;
 ``assign`` may be called from any thread. ``on_event`` is called on the loop's thread.
 """
@@ -30,18 +33,15 @@ asyncio, stdlib only. Every method except ``assign`` and ``stats`` must be used 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import socket
 import ssl
-import struct
-import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from restream import peercheck, rtmp
+from restream import dualingest, peercheck, rtmp, sockstat
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,16 @@ class Upstream:
     url: str                    # rtmp://host[:port]/app... or rtmps://... (no key); default ports 1935 / 443
     key: str                    # the stream key (playpath)
     ca_file: str | None = None  # CA bundle for rtmps (None: the system's default verify paths, SSL_CERT_FILE honoured)
-    backup_url: str | None = None  # failover: a second ingest for the same key (see SlotRelay, "Backup ingest")
+    backup_url: str | None = None  # a second ingest for the same key (see SlotRelay, "Backup ingest")
+    backup_mode: str = "failover"  # "failover", or "both": fed at once (dualingest)
+
+    @property
+    def both(self) -> bool:
+        return bool(self.backup_url) and self.backup_mode == "both"
 
     def __repr__(self) -> str:  # never print the key
         return (f"Upstream(name={self.name!r}, url={self.url!r}, key={REDACTED!r}, ca_file={self.ca_file!r}, "
-                f"backup_url={self.backup_url!r})")
+                f"backup_url={self.backup_url!r}, backup_mode={self.backup_mode!r})")
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class SlotEvent:
     error: str | None = None    # one line, never the key ("switched": why)
     since: float | None = None  # "stalled": time.time() of the last byte the destination acknowledged
     ingest: str | None = None   # with a backup: "primary" | "backup" (the session's; "switched": the new one)
+    leg: bool = False           # backup = "both": the event of one ingest (``ingest``), not of the destination
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class SlotStats:
     bytes_up: int               # bytes written to the assigned destination (handshake included), all sessions
     sessions: int               # sessions since the current destination was assigned
     since: float | None         # time.monotonic() of the slot's last state change
+    ingest_bytes: tuple[tuple[str, int], ...] = ()  # backup = "both": bytes written to each ingest, this session
 
 
 class _Refused(Exception):
@@ -378,6 +385,7 @@ class SlotRelay:
         self._ingest = ["primary"] * slots          # the ingest new sessions of the slot dial
         self._fails = [0] * slots                   # failed sessions in a row on it
         self._down_since: list[float | None] = [None] * slots  # time.monotonic() since when it is not live
+        self._duals: list[set[dualingest.DualSession]] = [set() for _ in range(slots)]  # backup = "both"
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -440,7 +448,7 @@ class SlotRelay:
         cut those that still hold bytes the destination would not take (kind "forced"); abort the rest."""
         self.begin_stop()
         assert self._stopping_at is not None
-        while any(self._sessions):
+        while any(self._sessions) or any(not d.done for ds in self._duals for d in ds):
             left = self._stopping_at + self.drain - time.monotonic()
             if left <= 0:
                 break
@@ -458,6 +466,8 @@ class SlotRelay:
                 else:
                     sess.closing = True
                     sess.abort()
+            for dual in self._duals[slot]:
+                dual.cut_unsent(now)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
 
@@ -472,10 +482,13 @@ class SlotRelay:
         for slot in range(self.slots):
             up = self._assigned[slot]
             sessions = [s for s in list(self._sessions[slot]) if s.upstream == up]
+            duals = [d for d in self._duals[slot] if d.upstream == up]
             out.append(SlotStats(
                 slot=slot, name=up.name if up else None,
-                connected=any(s.connected for s in sessions), live=any(s.live for s in sessions),
-                bytes_up=self._bytes[slot], sessions=self._count[slot], since=self._since[slot]))
+                connected=any(s.connected for s in sessions) or any(d.connected for d in duals),
+                live=any(s.live for s in sessions) or any(d.live for d in duals),
+                bytes_up=self._bytes[slot], sessions=self._count[slot], since=self._since[slot],
+                ingest_bytes=duals[-1].ingest_bytes() if duals else ()))
         return out
 
     def allow_only(self, pid: int | None) -> None:
@@ -516,6 +529,11 @@ class SlotRelay:
             raise ValueError(f"slot {slot} out of range 0..{self.slots - 1}")
 
     def _close_slot(self, slot: int, graceful: bool = False) -> None:
+        for d in list(self._duals[slot]):
+            if graceful:
+                d.unpublish()
+            else:
+                d.abort()
         for s in list(self._sessions[slot]):
             if graceful and s.live and s.dest is not None and s.dest.transport is not None:
                 self._unpublish(s)
@@ -565,7 +583,12 @@ class SlotRelay:
         for slot in range(self.slots):
             up = self._assigned[slot]
             down = self._down_since[slot]
-            if up is not None and up.backup_url and not stopping and down is not None \
+            for dual in list(self._duals[slot]):
+                if dual.done:
+                    self._duals[slot].discard(dual)
+                else:
+                    dual.tick(now, self._stopping_at)
+            if up is not None and up.backup_url and not up.both and not stopping and down is not None \
                     and now - down >= self.failover_after and self._sessions[slot]:
                 self._switch(slot, f"the {self._ingest[slot]} ingest was not live for {now - down:.0f} s")
             for sess in list(self._sessions[slot]):
@@ -610,12 +633,12 @@ class SlotRelay:
                        since=time.time() - (now - sess.acked_at))
 
     def _emit(self, slot: int, name: str | None, kind: str, error: str | None = None,
-              since: float | None = None, ingest: str | None = None) -> None:
+              since: float | None = None, ingest: str | None = None, leg: bool = False) -> None:
         self._since[slot] = time.monotonic()
         if self.on_event is None:
             return
         try:
-            self.on_event(SlotEvent(slot, name, kind, error, since, ingest))
+            self.on_event(SlotEvent(slot, name, kind, error, since, ingest, leg))
         except Exception:  # a broken observer must not break the relay
             log.exception("slot relay on_event callback failed")
 
@@ -641,6 +664,10 @@ class SlotRelay:
             why = "relay closing" if self._closed else "stopping" if upstream is not None else "slot not assigned"
             self._emit(slot, None, "refused", why)
             pub.transport.abort()  # type: ignore[union-attr]
+            return
+        if upstream.both:  # the relay answers ffmpeg and feeds both ingests itself
+            self._count[slot] += 1
+            self._duals[slot].add(dualingest.DualSession(self, slot, upstream, pub.transport))  # type: ignore
             return
         loop = asyncio.get_running_loop()
         sess = _Session(slot, upstream, pub, loop.create_future(), self._ingest[slot])
@@ -899,29 +926,12 @@ def _unanswered(step: str, waited: float) -> str:
 
 def _acked(sess: _Session) -> int | None:
     """Bytes the destination's TCP stack acknowledged so far (tcpi_bytes_acked), None if unknown."""
-    t = sess.dest.transport if sess.dest is not None else None
-    sock = t.get_extra_info("socket") if t is not None else None
-    if sock is None:
-        return None
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
-    except (OSError, AttributeError):
-        return None
-    return struct.unpack_from("Q", raw, 120)[0] if len(raw) >= 128 else None
+    return sockstat.acked(sess.dest.transport if sess.dest is not None else None)
 
 
 def _unsent(sess: _Session) -> bool:
     """Bytes are waiting for the destination: in restream's buffer or unacknowledged in the kernel's."""
-    t = sess.dest.transport if sess.dest is not None else None
-    if t is None:
-        return False
-    if t.get_write_buffer_size():
-        return True
-    sock = t.get_extra_info("socket")
-    try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] > 0
-    except (OSError, AttributeError, ValueError):
-        return False
+    return sockstat.unsent(sess.dest.transport if sess.dest is not None else None)
 
 
 def _check_command(m: rtmp.Message, name: str, keys: dict[str, str], target: rtmp.Target) -> rtmp.Message:

@@ -46,6 +46,25 @@ class DestStatus:
     stalled_since: float | None = None  # state "stalled": ts of the last byte the destination took
     ingest: str | None = None  # with a backup ingest: "primary" | "backup" (None until the first switch: primary)
     switches: int = 0  # times its slot switched ingests
+    ingests: tuple[IngestStatus, ...] = ()  # backup = "both": each ingest's own state (primary first)
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    """One ingest of a ``backup = "both"`` destination."""
+
+    ingest: str  # "primary" | "backup"
+    state: str  # connecting / live / stalled / retrying; at the end stopped (delivered) / failed
+    error: str | None = None  # its last error
+    bytes_sent: int = 0  # written to it in the current relay session (each ingest gets the stream once)
+
+
+def ingests_label(ingests) -> str:
+    """Which ingests carry a "both" destination, from (ingest, state) pairs: ``primary+backup``,
+    ``primary; backup retrying``, at the end ``backup; primary failed``."""
+    ok = [i for i, st in ingests if st in (LIVE, STOPPED)]
+    rest = [f"{i} {st}" for i, st in ingests if st not in (LIVE, STOPPED)]
+    return "; ".join((["+".join(ok)] if ok else []) + rest)
 
 
 @dataclass(frozen=True)
@@ -161,6 +180,8 @@ def reduce(s: Snapshot, e: events.Event) -> Snapshot:
             return s
         return replace(s, destinations=_put(s.destinations, replace(row, ingest=e.ingest,
                                                                      switches=row.switches + 1)))
+    if isinstance(e, events.IngestState):
+        return _ingest_state(s, e)
     if isinstance(e, events.NewSession):  # relay mode: the next ffmpeg's clock starts at 0
         return replace(s, stream_base_s=s.stream_base_s + (s.out_time_s or 0.0), out_time_s=None, pid=e.pid)
     if isinstance(e, events.SourceState):
@@ -183,7 +204,9 @@ def outcome(s: Snapshot) -> dict[str, dict]:
     """Per destination: {"state", "reconnects", "uptime_s"} (plus "bytes_sent", "last_error"), in row order."""
     return {d.name: {"state": d.state, "reconnects": d.reconnects, "uptime_s": round(d.uptime_s, 3),
                      "bytes_sent": d.bytes_sent, "last_error": d.last_error,
-                     **({"ingest": d.ingest, "ingest_switches": d.switches} if d.ingest else {})}
+                     **({"ingest": d.ingest, "ingest_switches": d.switches} if d.ingest else {}),
+                     **({"ingests": {i.ingest: {"state": i.state, "bytes_sent": i.bytes_sent, "last_error": i.error}
+                                     for i in d.ingests}} if d.ingests else {})}
             for d in s.destinations}
 
 
@@ -252,7 +275,22 @@ def _dest_state(s: Snapshot, e: events.DestState) -> Snapshot:
     return replace(s, destinations=_put(s.destinations, replace(row, **changes))) if changes else s
 
 
+def _ingest_state(s: Snapshot, e: events.IngestState) -> Snapshot:
+    row = s.destination(e.name)
+    if row is None:
+        return s
+    old = next((i for i in row.ingests if i.ingest == e.ingest), None) or IngestStatus(e.ingest, e.state)
+    new = replace(old, state=e.state, error=e.error or old.error)
+    rows = sorted([i for i in row.ingests if i.ingest != e.ingest] + [new], key=lambda i: i.ingest != "primary")
+    return replace(s, destinations=_put(s.destinations, replace(row, ingests=tuple(rows))))
+
+
 def _traffic(s: Snapshot, e: events.Traffic) -> Snapshot:
+    if e.ingests:
+        per = {(name, ingest): n for name, ingest, n in e.ingests}
+        s = replace(s, destinations=tuple(
+            replace(d, ingests=tuple(replace(i, bytes_sent=per.get((d.name, i.ingest), i.bytes_sent))
+                                     for i in d.ingests)) if d.ingests else d for d in s.destinations))
     sent = dict(e.sent)
     rows = []
     for d in s.destinations:

@@ -24,7 +24,7 @@ from typing import IO, Any, Protocol
 
 from restream import events as ev
 from restream.redact import mask_url
-from restream.status import DestStatus, Snapshot, outcome
+from restream.status import DestStatus, Snapshot, ingests_label, outcome
 
 PROBLEM_LEVELS = ("panic", "fatal", "error", "warning")
 NOTICE_LEVEL = "restream"  # restream's own messages: shown in plain (not quiet) and JSON, not in the live view
@@ -131,11 +131,24 @@ def state_line(name: str, state: str, error: str | None) -> str:
 
 def state_text(d: DestStatus, now: float) -> str:
     """The state as shown in tables: a stalled destination says for how long."""
+    if d.ingests and d.state in (ev.LIVE, ev.STALLED, ev.STOPPED):  # backup = "both"
+        base = f"stalled {age(now - d.stalled_since)}" if d.state == ev.STALLED and d.stalled_since else d.state
+        return f"{base} ({ingests_text(d)})"
     if d.state == ev.STALLED and d.stalled_since is not None:
         return f"stalled {age(now - d.stalled_since)}"
     if d.ingest == "backup" and d.state in (ev.LIVE, ev.STALLED, ev.STOPPED):
         return f"{d.state} (backup)"
     return d.state
+
+
+def ingests_text(d: DestStatus) -> str:
+    """backup = "both": ``primary+backup``, ``primary; backup retrying``."""
+    return ingests_label((i.ingest, i.state) for i in d.ingests)
+
+
+def ingest_state_line(e: "ev.IngestState") -> str:
+    state = "delivered" if e.state == ev.STOPPED else e.state
+    return f"{e.name}: {e.ingest} ingest {state}" + (f" ({one_line(e.error)})" if e.error else "")
 
 
 def ingest_line(e: "ev.IngestSwitch") -> str:
@@ -179,7 +192,10 @@ def summary_lines(snap: Snapshot) -> list[str]:
     """One line per destination, the recording's, and one overall (no timestamps)."""
     lines = []
     for d in snap.destinations:
-        text = (f"summary {d.name}: {verdict_text(d)}, live {clock(d.uptime_s)}, "
+        verdict = verdict_text(d)
+        if d.ingests:
+            verdict += f" ({ingests_text(d)})"
+        text = (f"summary {d.name}: {verdict}, live {clock(d.uptime_s)}, "
                 f"{d.reconnects} reconnect{'' if d.reconnects == 1 else 's'}, {human_bytes(d.bytes_sent)} sent")
         if d.last_error:
             text += f", last error: {one_line(d.last_error)}"
@@ -334,6 +350,8 @@ class PlainView:
             state = e.state if e.state in (ev.ADDED, ev.REMOVED) else row.state
             if state == ev.LIVE and row.ingest == "backup":
                 state = "live (backup)"
+            elif state in (ev.LIVE, ev.STOPPED) and row.ingests:
+                state = f"{state} ({ingests_text(row)})"
             extra = e.error or (row.host if e.state == ev.ADDED and row.host else None) or stalled_note(row, snap.now)
             self._line(snap.now, state_line(row.name, state, extra))
         elif isinstance(e, ev.IngestSwitch):
@@ -341,6 +359,9 @@ class PlainView:
         elif isinstance(e, ev.SourceState):
             if not self.quiet or e.state in ("lost", "slate"):
                 self._line(snap.now, source_line(snap))
+        elif isinstance(e, ev.IngestState):
+            if not self.quiet or e.error or e.state == ev.FAILED:
+                self._line(snap.now, ingest_state_line(e))
         elif isinstance(e, ev.Log):
             shown = e.level in PROBLEM_LEVELS or self.all_logs or (e.level == NOTICE_LEVEL and not self.quiet)
             if shown:
@@ -429,6 +450,8 @@ class JsonView:
                     obj["stalled_s"] = _num(max(0.0, snap.now - row.stalled_since), 1)
                 if row.ingest:
                     obj["ingest"] = row.ingest
+                if row.ingests:
+                    obj["ingests"] = {i.ingest: i.state for i in row.ingests}
                 self.emit(obj)
         elif isinstance(e, ev.IngestSwitch):
             self.emit({"event": "ingest", "ts": iso(snap.now, True), "destination": e.name, "ingest": e.ingest,
@@ -438,6 +461,9 @@ class JsonView:
             self.emit({"event": "source", "ts": iso(snap.now, True), "state": e.state, "detail": e.detail,
                        "slate_s": _num(src.slate_total(snap.now) if src else 0.0, 1),
                        "handovers": src.handovers if src else 0})
+        elif isinstance(e, ev.IngestState):
+            self.emit({"event": "ingest_state", "ts": iso(snap.now, True), "destination": e.name,
+                       "ingest": e.ingest, "state": e.state, "error": e.error})
         elif isinstance(e, ev.Log):
             if e.level in PROBLEM_LEVELS or e.level == NOTICE_LEVEL:
                 held = 0 if e.level == NOTICE_LEVEL else self._throttle.check((e.level, e.text), e.ts)
@@ -791,6 +817,8 @@ class LiveView:
             return recording_line(snap) or "", "red"
         elif isinstance(e, ev.IngestSwitch):
             return ingest_line(e), "yellow"
+        elif isinstance(e, ev.IngestState) and e.error:
+            return ingest_state_line(e), "yellow"
         elif isinstance(e, ev.Log) and e.level in PROBLEM_LEVELS:
             held = self._throttle.check((e.level, e.text), e.ts)
             if held is not None:

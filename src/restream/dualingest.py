@@ -1,0 +1,582 @@
+"""``backup = "both"``: one relay slot, one ffmpeg publish, fed to a destination's primary and backup ingest at once.
+
+The plain slot relay passes one ffmpeg connection through to one upstream connection. A "both" slot cannot: two
+servers cannot both answer ffmpeg. So here the relay answers ffmpeg itself (the server side of RTMP, as relay mode's
+ingest gate does: ``ingest.server_handshake``/``ingest.replies``) and is the client of each ingest (a ``_Leg``):
+its own handshake, ``connect`` (ffmpeg's command object with the real app and tcUrl), ``createStream`` and
+``publish`` with the key, then ffmpeg's audio, video and data messages, re-chunked for that connection.
+
+Each leg is independent: its own state (connecting, live, stalled, retrying), reconnection with backoff, byte
+counter and write buffer. ffmpeg is never paused for a leg: a leg whose buffer passes ``LEG_BUFFER`` drops media and
+resumes at the next keyframe, so a slow, stalled or dead ingest never holds up the other one. A leg that connects
+(or reconnects) mid-stream gets the stream's metadata and decoder configuration first, then media from a keyframe.
+Stalls are watched per leg as the slot relay watches a session (``tick``), with the same thresholds.
+
+The destination is live while either leg is. Events are the slot relay's ``SlotEvent`` with ``ingest`` set and
+``leg=True``. Used from the event loop's thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from restream import ingest, rtmp, sockstat
+
+if TYPE_CHECKING:
+    from restream.slotrelay import SlotRelay, Upstream
+
+LEG_BUFFER = 4 * 1024 * 1024  # a leg's write buffer above this: media dropped until the next keyframe
+BACKOFF_S = (1.0, 2.0, 4.0)   # waits between a leg's attempts (the last one repeats); reset once live
+CHUNK_SIZE = 4096
+_MEDIA = frozenset({rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0, rtmp.DATA_AMF3})
+_END = ("FCUnpublish", "deleteStream", "closeStream")
+
+
+class _Fail(Exception):
+    def __init__(self, text: str, refused: bool = False) -> None:
+        super().__init__(text)
+        self.refused = refused
+
+
+def is_keyframe(m: rtmp.Message) -> bool:
+    """A video message that starts a GOP (FLV frame type 1), not a sequence header."""
+    p = m.payload
+    return len(p) >= 2 and p[0] >> 4 == 1 and not (p[0] & 0x0F == 7 and p[1] == 0)
+
+
+def header_kind(m: rtmp.Message) -> str | None:
+    """"video"/"audio" for a decoder configuration (AVC or AAC sequence header), "meta" for @setDataFrame."""
+    p = m.payload
+    if m.type_id == rtmp.VIDEO and len(p) >= 2 and p[0] & 0x0F == 7 and p[1] == 0:
+        return "video"
+    if m.type_id == rtmp.AUDIO and len(p) >= 2 and p[0] >> 4 == 10 and p[1] == 0:
+        return "audio"
+    if m.type_id in (rtmp.DATA_AMF0, rtmp.DATA_AMF3):
+        return "meta"
+    return None
+
+
+class _FfmpegSide(asyncio.Protocol):
+    """The accepted ffmpeg connection, handed over from the slot relay's publisher protocol."""
+
+    def __init__(self, sess: "DualSession") -> None:
+        self.sess = sess
+
+    def data_received(self, data: bytes) -> None:
+        self.sess.feed(data)
+
+    def eof_received(self) -> bool:
+        self.sess.ffmpeg_gone(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sess.ffmpeg_gone(exc)
+
+
+class DualSession:
+    """One ffmpeg session on a "both" slot: answered here, fed to each ingest."""
+
+    def __init__(self, relay: "SlotRelay", slot: int, upstream: "Upstream", transport: asyncio.Transport) -> None:
+        self.relay, self.slot, self.upstream = relay, slot, upstream
+        self.transport = transport
+        self.stage = 0
+        self.buf = bytearray()
+        self.parser = rtmp.ChunkParser()
+        self.out = rtmp.ChunkWriter()
+        self.window, self.received, self.acked = ingest.WINDOW, 0, 0
+        self.connect_obj: dict | None = None
+        self.headers: dict[str, rtmp.Message] = {}
+        self.has_video = False
+        self.unpublished = False  # ffmpeg ended its stream in order
+        self.over = False         # nothing more comes from ffmpeg
+        self.legs = [_Leg(self, "primary", upstream.url)]
+        if upstream.backup_url:
+            self.legs.append(_Leg(self, "backup", upstream.backup_url))
+        transport.set_protocol(_FfmpegSide(self))
+
+    # -- the slot relay's view ---------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return any(leg.live for leg in self.legs)
+
+    @property
+    def connected(self) -> bool:
+        return any(leg.writer is not None for leg in self.legs)
+
+    @property
+    def done(self) -> bool:
+        return self.over and all(leg.task is None or leg.task.done() for leg in self.legs)
+
+    def ingest_bytes(self) -> tuple[tuple[str, int], ...]:
+        return tuple((leg.ingest, leg.bytes) for leg in self.legs)
+
+    def tick(self, now: float, stopping_at: float | None) -> None:
+        for leg in self.legs:
+            leg.tick(now, stopping_at)
+
+    def unpublish(self) -> None:
+        """Taken off its slot while live (reassigned): end each live leg's stream in order, close ffmpeg."""
+        self._end(in_order=True, closing=True)
+
+    def abort(self) -> None:
+        self._end(in_order=False, closing=True)
+
+    def cut_unsent(self, now: float) -> None:
+        """ffmpeg has exited and the drain is over: a leg still holding bytes it would not take is cut (forced)."""
+        for leg in self.legs:
+            if leg.live and sockstat.unsent(leg.transport):
+                leg.forced = ("held up the end: took no data for "
+                              f"{now - leg.acked_at:.0f} s" if leg.acked >= 0 and now - leg.acked_at >= 1.0
+                              else "held up the end: did not take the last bytes in time")
+                leg.stop()
+            else:
+                leg.closing = True
+                leg.stop()
+        self.transport.abort()
+
+    # -- ffmpeg's side -----------------------------------------------------------------------------------------
+
+    def _send(self, msgs: list[rtmp.Message]) -> None:
+        if msgs and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out.write(m) for m in msgs))
+
+    def feed(self, data: bytes) -> None:
+        if self.over:
+            return
+        self.received += len(data)
+        if self.received - self.acked >= self.window:
+            self.acked = self.received
+            self._send([ingest.acknowledgement(self.received)])
+        try:
+            if self.stage < 2:
+                self.buf += data
+                if self.stage == 0 and len(self.buf) >= 1 + rtmp.HANDSHAKE_SIZE:
+                    self.transport.write(ingest.server_handshake(bytes(self.buf[:1 + rtmp.HANDSHAKE_SIZE])))
+                    del self.buf[:1 + rtmp.HANDSHAKE_SIZE]
+                    self.stage = 1
+                if self.stage == 1 and len(self.buf) >= rtmp.HANDSHAKE_SIZE:
+                    del self.buf[:rtmp.HANDSHAKE_SIZE]  # C2
+                    self.stage = 2
+                    data, self.buf = bytes(self.buf), bytearray()
+                else:
+                    return
+            for m in self.parser.feed(data):
+                self._message(m)
+        except Exception as exc:  # a protocol error, a wrong placeholder: this session ends
+            self._refuse(str(exc) or type(exc).__name__)
+
+    def _message(self, m: rtmp.Message) -> None:
+        t = m.type_id
+        if t in _MEDIA:
+            kind = header_kind(m)
+            if kind is not None:
+                self.headers[kind] = m
+            if t == rtmp.VIDEO:
+                self.has_video = True
+            for leg in self.legs:
+                leg.media(m, kind)
+            return
+        if t == rtmp.WINDOW_ACK_SIZE and len(m.payload) >= 4:
+            self.window = max(1, struct.unpack_from(">I", m.payload)[0])
+            return
+        if t not in (rtmp.COMMAND_AMF0, rtmp.COMMAND_AMF3):
+            return
+        from restream.slotrelay import _check_command, placeholder
+
+        name = rtmp.command_name(m)
+        if name == "connect" or name in rtmp.STREAM_NAME_COMMANDS:
+            target = rtmp.parse_url(self.upstream.url)
+            _check_command(m, placeholder(self.slot), {placeholder(self.slot): ""}, target)  # raises if not ffmpeg's
+        if name == "connect":
+            values = rtmp.command_values(m)
+            self.connect_obj = dict(values[2]) if len(values) > 2 and isinstance(values[2], dict) else {}
+            for leg in self.legs:
+                leg.start()
+        self._send(ingest.replies(m))
+        if name in _END and not self.unpublished:
+            self.unpublished = True  # ffmpeg's socket stays open until it closes it (deleteStream may follow)
+            self._end(in_order=True, closing=False)
+
+    def _refuse(self, why: str) -> None:
+        for leg in self.legs:
+            leg.error = f"refused ffmpeg's session: {why}"
+        self._end(in_order=False, closing=False)
+
+    def ffmpeg_gone(self, exc: BaseException | None) -> None:
+        if not self.over:
+            self._end(in_order=self.unpublished and exc is None, closing=False)
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _end(self, in_order: bool, closing: bool) -> None:
+        """Nothing more comes from ffmpeg: live legs end their stream (in order: FCUnpublish, drain, close), the
+        others stop trying. ffmpeg's socket is closed unless it ended in order (then ffmpeg closes it)."""
+        self.over = True
+        for leg in self.legs:
+            leg.closing = leg.closing or closing
+            leg.finish(in_order)
+        if not in_order or closing:
+            self.transport.abort()
+
+
+class _Leg:
+    """One ingest of a "both" destination: connects, publishes, takes the stream, reconnects by itself."""
+
+    def __init__(self, sess: DualSession, ingest_name: str, url: str) -> None:
+        self.sess, self.ingest, self.url = sess, ingest_name, url
+        self.task: asyncio.Task | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        self.out = rtmp.ChunkWriter()
+        self.live = False
+        self.need_key = True
+        self.stream_id = 1
+        self.bytes = 0
+        self.attempts = 0
+        self.error: str | None = None
+        self.forced: str | None = None
+        self.closing = False      # stopped on purpose: no error, no retry
+        self.ending = False       # ffmpeg ended in order: unpublish and drain, then "ended"
+        self.awaiting: str | None = None
+        self.awaiting_since = 0.0
+        self.acked, self.acked_at = -1, 0.0
+        self.stalled_since: float | None = None
+
+    # -- events ------------------------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, error: str | None = None, since: float | None = None) -> None:
+        from restream.slotrelay import redact
+
+        relay = self.sess.relay
+        error = redact(error, self.sess.upstream.key)[:300] if error else None
+        relay._emit(self.sess.slot, self.sess.upstream.name, kind, error, since, ingest=self.ingest, leg=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.task is None and not self.sess.over:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+            self.sess.relay._tasks.add(self.task)
+            self.task.add_done_callback(self.sess.relay._tasks.discard)
+
+    def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        elif self.task is None and not self.closing:
+            self.closing = True
+
+    def finish(self, in_order: bool) -> None:
+        if self.live and in_order and self.writer is not None:
+            self.ending = True
+            key = self.sess.upstream.key
+            msgs = [rtmp.command_message(["FCUnpublish", 0.0, None, key]),
+                    rtmp.command_message(["deleteStream", 0.0, None, float(self.stream_id)])]
+            self._write(b"".join(self.out.write(m) for m in msgs))
+            relay = self.sess.relay
+            task = asyncio.get_running_loop().create_task(self._drain())
+            relay._tasks.add(task)
+            task.add_done_callback(relay._tasks.discard)
+            return
+        if self.task is not None and not self.task.done():
+            if not self.live and not self.closing and not self.error and not self.sess.unpublished:
+                self.error = "ffmpeg closed the session before the destination accepted the stream"
+            if self.sess.relay._stopping_at is not None or self.closing or in_order:
+                self.closing = True
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        relay = self.sess.relay
+        while True:
+            self.attempts += 1
+            self.error, self.forced = None, None
+            self._emit("connecting")
+            refused = False
+            try:
+                await self._attempt()
+            except asyncio.CancelledError:
+                self._close()
+                self._report()
+                return
+            except _Fail as exc:
+                self.error, refused = str(exc), exc.refused
+            except (OSError, EOFError, asyncio.IncompleteReadError, rtmp.RtmpError) as exc:
+                from restream.slotrelay import _describe
+
+                self.error = self.error or f"destination connection failed: {_describe(exc)}"
+            finally:
+                self._close()
+            if self.ending or self.sess.over or self.closing or relay._closed:
+                self._report()
+                return
+            was_live = self.live
+            self.live = False
+            self._emit("refused" if refused else "disconnected", self.error or "destination closed the connection")
+            if was_live:
+                self.attempts = 1
+            try:
+                await asyncio.sleep(BACKOFF_S[min(self.attempts, len(BACKOFF_S)) - 1])
+            except asyncio.CancelledError:
+                return
+            if self.sess.over or relay._stopping_at is not None:
+                return
+
+    def _report(self) -> None:
+        """The leg's last event: ended in order, forced, or disconnected (with the error, if it was one)."""
+        was_live, self.live = self.live, False
+        if self.forced:
+            self._emit("forced", self.forced)
+        elif self.closing:
+            self._emit("disconnected")
+        elif self.ending and was_live:
+            self._emit("ended")
+        elif self.sess.relay._stopping_at is not None:
+            self._emit("disconnected")
+        else:
+            self._emit("disconnected", self.error)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self.writer = None
+
+    def _write(self, data: bytes) -> None:
+        if self.writer is not None and not self.transport.is_closing():  # type: ignore[union-attr]
+            self.writer.write(data)
+            self.bytes += len(data)
+            relay = self.sess.relay
+            if relay._assigned[self.sess.slot] is self.sess.upstream:
+                relay._bytes[self.sess.slot] += len(data)
+
+    def _send(self, *msgs: rtmp.Message) -> None:
+        self._write(b"".join(self.out.write(m) for m in msgs))
+
+    async def _drain(self) -> None:
+        """ffmpeg ended in order: the leg took the end of the stream once the server acknowledged every byte;
+        then its connection is closed (which ends the task's read)."""
+        deadline = time.monotonic() + self.sess.relay.drain
+        transport = self.transport
+        while sockstat.unsent(transport):
+            if time.monotonic() >= deadline:
+                self.forced = f"did not take the end of the stream within {self.sess.relay.drain:.0f} s"
+                if transport is not None:
+                    transport.abort()
+                return
+            await asyncio.sleep(0.02)
+        if transport is not None:
+            transport.close()
+
+    # -- one attempt -------------------------------------------------------------------------------------------
+
+    async def _attempt(self) -> None:
+        from restream.slotrelay import _describe
+
+        relay, up = self.sess.relay, self.sess.upstream
+        try:
+            target = rtmp.parse_url(self.url)
+        except ValueError as exc:
+            raise _Fail(f"bad server URL: {exc}") from None
+        try:
+            ctx = ssl.create_default_context(cafile=up.ca_file or None) if target.tls else None
+        except (OSError, ssl.SSLError) as exc:
+            raise _Fail(f"cannot load CA file: {exc}") from None
+        where = f"{target.host}:{target.port}"
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(target.host, target.port, ssl=ctx,
+                                        server_hostname=target.host if ctx else None), relay.connect_timeout)
+        except asyncio.TimeoutError:
+            raise _Fail(f"timed out connecting to {where}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise _Fail(f"TLS certificate verify failed for {where}: {exc.verify_message or exc.reason}") from None
+        except ssl.SSLError as exc:
+            raise _Fail(f"TLS error with {where}: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise _Fail(f"cannot connect to {where}: {_describe(exc)}") from None
+        self.writer, self.transport = writer, writer.transport  # type: ignore[assignment]
+        self.out = rtmp.ChunkWriter()
+        self.acked, self.stalled_since = -1, None
+        conv = _Conversation(self, reader)
+        self._write(b"\x03" + struct.pack(">II", 0, 0) + os.urandom(rtmp.HANDSHAKE_SIZE - 8))
+        s0s1s2 = await conv.exactly(1 + 2 * rtmp.HANDSHAKE_SIZE, "handshake")
+        self._write(s0s1s2[1:1 + rtmp.HANDSHAKE_SIZE])  # C2 echoes S1
+        obj = dict(self.sess.connect_obj or {})
+        obj.update(app=target.app, tcUrl=target.tcurl)
+        key = up.key
+        self._send(rtmp.set_chunk_size_message(CHUNK_SIZE), rtmp.command_message(["connect", 1.0, obj]))
+        await conv.answer("connect", 1.0)
+        self._send(rtmp.command_message(["releaseStream", 2.0, None, key]),
+                   rtmp.command_message(["FCPublish", 3.0, None, key]),
+                   rtmp.command_message(["createStream", 4.0, None]))
+        values = await conv.answer("createStream", 4.0)
+        sid = values[3] if len(values) > 3 and isinstance(values[3], (int, float)) else 1
+        self.stream_id = int(sid)
+        self._send(rtmp.command_message(["publish", 5.0, None, key, "live"], csid=8, stream_id=self.stream_id))
+        await conv.answer("publish", None)
+        self._go_live()
+        await conv.pump()
+
+    def _go_live(self) -> None:
+        self.live, self.need_key, self.attempts = True, True, 0
+        self.acked_at = time.monotonic()
+        self._emit("live")
+        heads = self.sess.headers
+        for kind in ("meta", "video", "audio"):
+            m = heads.get(kind)
+            if m is not None:
+                self._send(rtmp.Message(m.csid, m.timestamp, m.type_id, self.stream_id, m.payload))
+
+    def media(self, m: rtmp.Message, kind: str | None) -> None:
+        """ffmpeg's media message: written now, or dropped (not live, overflowing, waiting for a keyframe)."""
+        if not self.live or self.ending or self.writer is None:
+            return
+        if kind is not None:
+            pass  # a decoder configuration or metadata: always passed (it changes nothing for a decoder mid-GOP)
+        elif self.transport.get_write_buffer_size() > LEG_BUFFER:  # type: ignore[union-attr]
+            self.need_key = True
+            return
+        elif self.need_key:
+            if m.type_id == rtmp.VIDEO and is_keyframe(m):
+                self.need_key = False
+            elif self.sess.has_video or m.type_id != rtmp.AUDIO:
+                return
+            else:
+                self.need_key = False  # audio only: any frame starts it
+        self._write(rtmp.serialize(rtmp.Message(m.csid, m.timestamp, m.type_id, self.stream_id, m.payload),
+                                   self.out.chunk_size))
+
+    # -- the watchdog (the slot relay's thresholds) ------------------------------------------------------------
+
+    def tick(self, now: float, stopping_at: float | None) -> None:
+        from restream.slotrelay import RESUME_BYTES, STALL_BYTES, _unanswered
+
+        relay = self.sess.relay
+        if self.writer is None or self.task is None or self.task.done():
+            return
+        if not self.live:
+            if stopping_at is not None:
+                self.closing = True
+                self.task.cancel()
+            elif self.awaiting and now - self.awaiting_since >= relay.answer_timeout:
+                self.error = _unanswered(self.awaiting, now - self.awaiting_since)
+                self._close()  # the task's read fails, then it retries
+            return
+        acked = sockstat.acked(self.transport)
+        if acked is not None:
+            if self.acked < 0:
+                self.acked, self.acked_at = acked, now
+            elif self.stalled_since is not None:
+                if acked - self.acked >= RESUME_BYTES or not sockstat.unsent(self.transport):
+                    self.acked, self.acked_at, self.stalled_since = acked, now, None
+                    self._emit("resumed")
+            elif acked - self.acked >= STALL_BYTES or not sockstat.unsent(self.transport):
+                self.acked, self.acked_at = acked, now
+            elif now - self.acked_at >= relay.stall_after:
+                self.stalled_since = self.acked_at
+                self._emit("stalled", since=time.time() - (now - self.acked_at))
+        if stopping_at is not None:
+            if now - stopping_at >= relay.drain and now - self.acked_at >= 1.0 and sockstat.unsent(self.transport):
+                self.forced = f"held up the end: took no data for {now - (self.stalled_since or self.acked_at):.0f} s"
+                self.task.cancel()
+        elif self.stalled_since is not None and relay.stall_timeout and now - self.stalled_since >= relay.stall_timeout:
+            self.error = f"stalled: took no data for {now - self.stalled_since:.0f} s; reconnecting"
+            self._close()
+
+
+class _Conversation:
+    """The leg's reading side: answers to its commands, then (live) errors, pings and the end."""
+
+    def __init__(self, leg: _Leg, reader: asyncio.StreamReader) -> None:
+        self.leg, self.reader = leg, reader
+        self.parser = rtmp.ChunkParser()
+        self.pending: list[rtmp.Message] = []
+        self.received, self.acked, self.window = 0, 0, ingest.WINDOW
+
+    async def _data(self) -> bytes:
+        data = await self.reader.read(65536)
+        if not data:
+            raise _Fail(self.leg.error or "destination closed the connection")
+        self.received += len(data)
+        if self.received - self.acked >= self.window:
+            self.acked = self.received
+            self.leg._send(ingest.acknowledgement(self.received))
+        return data
+
+    def _wait(self, step: str) -> None:
+        self.leg.awaiting, self.leg.awaiting_since = step, time.monotonic()
+
+    async def exactly(self, n: int, step: str) -> bytes:
+        self._wait(step)
+        buf = bytearray()
+        while len(buf) < n:
+            buf += await self._data()
+        self.leg.awaiting = None
+        rest = bytes(buf[n:])
+        if rest:
+            self.pending += self.parser.feed(rest)
+        return bytes(buf[:n])
+
+    def _control(self, m: rtmp.Message) -> None:
+        if m.type_id == rtmp.WINDOW_ACK_SIZE and len(m.payload) >= 4:
+            self.window = max(1, struct.unpack_from(">I", m.payload)[0])
+        elif m.type_id == rtmp.USER_CONTROL and len(m.payload) >= 6 and m.payload[:2] == b"\x00\x06":  # ping
+            self.leg._send(rtmp.Message(2, 0, rtmp.USER_CONTROL, 0, b"\x00\x07" + m.payload[2:6]))
+
+    def _refusal(self, m: rtmp.Message) -> str | None:
+        """The server's error in a command answer, in words (never the key)."""
+        name = rtmp.command_name(m)
+        values = rtmp.command_values(m)
+        info = next((v for v in values[2:] if isinstance(v, dict)), {})
+        if name == "_error" or str(info.get("level", "")) == "error":
+            code, desc = str(info.get("code", "")), str(info.get("description", "")).strip()
+            return "destination refused: " + ": ".join(x for x in (code, desc) if x)
+        return None
+
+    async def answer(self, step: str, txn: float | None) -> list:
+        """Wait for the answer to ``step`` (``txn``: its transaction id; None: publish's onStatus)."""
+        self._wait(step)
+        while True:
+            while self.pending:
+                m = self.pending.pop(0)
+                self._control(m)
+                if not rtmp.is_command(m):
+                    continue
+                problem = self._refusal(m)
+                values = rtmp.command_values(m)
+                name = rtmp.command_name(m)
+                if txn is not None and name in ("_result", "_error") and len(values) > 1 and values[1] == txn:
+                    if problem:
+                        raise _Fail(problem, refused=True)
+                    self.leg.awaiting = None
+                    return values
+                if txn is None and name == "onStatus":
+                    if problem:
+                        raise _Fail(problem, refused=True)
+                    info = next((v for v in values[2:] if isinstance(v, dict)), {})
+                    if str(info.get("code", "")) == "NetStream.Publish.Start":
+                        self.leg.awaiting = None
+                        return values
+            self.pending += self.parser.feed(await self._data())
+
+    async def pump(self) -> None:
+        """Live: read until the destination hangs up (an error status is kept as the reason), or, once ffmpeg
+        ended in order, until the leg's drain closed the connection."""
+        leg = self.leg
+        try:
+            while True:
+                for m in self.pending:
+                    self._control(m)
+                    if rtmp.is_command(m):
+                        problem = self._refusal(m)
+                        if problem:
+                            leg.error = problem[:300]
+                self.pending = []
+                self.pending += self.parser.feed(await self._data())
+        except (_Fail, OSError):
+            if not leg.ending:
+                raise
