@@ -113,9 +113,6 @@ class DualSession:
     def done(self) -> bool:
         return self.over and all(leg.task is None or leg.task.done() for leg in self.legs)
 
-    def ingest_bytes(self) -> tuple[tuple[str, int], ...]:
-        return tuple((leg.ingest, leg.bytes) for leg in self.legs)
-
     def tick(self, now: float, stopping_at: float | None) -> None:
         for leg in self.legs:
             leg.tick(now, stopping_at)
@@ -350,8 +347,10 @@ class _Leg:
             self.writer.write(data)
             self.bytes += len(data)
             relay = self.sess.relay
-            if relay._assigned[self.sess.slot] is self.sess.upstream:
-                relay._bytes[self.sess.slot] += len(data)
+            slot = self.sess.slot
+            if relay._assigned[slot] is self.sess.upstream:
+                relay._bytes[slot] += len(data)
+                relay._leg_bytes[slot][self.ingest] = relay._leg_bytes[slot].get(self.ingest, 0) + len(data)
 
     def _send(self, *msgs: rtmp.Message) -> None:
         self._write(b"".join(self.out.write(m) for m in msgs))

@@ -56,7 +56,7 @@ class Traffic:
 
     ts: float
     sent: tuple[tuple[str, int], ...]
-    ingests: tuple[tuple[str, str, int], ...] = ()  # backup = "both": (name, ingest, bytes) of the relay session
+    ingests: tuple[tuple[str, str, int], ...] = ()  # backup = "both": (name, ingest, bytes sent to it so far)
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def _leg_step(d: Dest, ingest: str, e: Event) -> Dest:
     leg = _dest_step(old, e)
     legs = tuple(sorted([x for x in d.legs if x.name != ingest] + [leg], key=lambda x: (x.name != "primary", x.name)))
     states = [x.state for x in legs]
-    state = next((s for s in (LIVE, STALLED, RETRYING) if s in states), CONNECTING)
+    state = next((s for s in (LIVE, STALLED, CONNECTING) if s in states), RETRYING)  # retrying: when all are
     stalled = [x.stalled_since for x in legs if x.state == STALLED and x.stalled_since is not None]
     error = f"{ingest}: {leg.error}" if leg.error and leg.error != old.error else d.error
     return replace(d, legs=legs, state=state, error=error, ever_live=any(x.ever_live for x in legs),

@@ -100,7 +100,7 @@ class SlotStats:
     bytes_up: int               # bytes written to the assigned destination (handshake included), all sessions
     sessions: int               # sessions since the current destination was assigned
     since: float | None         # time.monotonic() of the slot's last state change
-    ingest_bytes: tuple[tuple[str, int], ...] = ()  # backup = "both": bytes written to each ingest, this session
+    ingest_bytes: tuple[tuple[str, int], ...] = ()  # backup = "both": bytes written to each ingest, all sessions
 
 
 class _Refused(Exception):
@@ -386,6 +386,7 @@ class SlotRelay:
         self._fails = [0] * slots                   # failed sessions in a row on it
         self._down_since: list[float | None] = [None] * slots  # time.monotonic() since when it is not live
         self._duals: list[set[dualingest.DualSession]] = [set() for _ in range(slots)]  # backup = "both"
+        self._leg_bytes: list[dict[str, int]] = [{} for _ in range(slots)]  # ... bytes per ingest, all sessions
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -422,6 +423,7 @@ class SlotRelay:
         self._assigned[slot] = upstream
         self._ingest[slot], self._fails[slot], self._down_since[slot] = "primary", 0, None
         self._bytes[slot] = 0
+        self._leg_bytes[slot] = {}
         self._count[slot] = 0
         self._since[slot] = time.monotonic()
         if self._loop is None:
@@ -488,7 +490,7 @@ class SlotRelay:
                 connected=any(s.connected for s in sessions) or any(d.connected for d in duals),
                 live=any(s.live for s in sessions) or any(d.live for d in duals),
                 bytes_up=self._bytes[slot], sessions=self._count[slot], since=self._since[slot],
-                ingest_bytes=duals[-1].ingest_bytes() if duals else ()))
+                ingest_bytes=tuple(self._leg_bytes[slot].items())))
         return out
 
     def allow_only(self, pid: int | None) -> None:

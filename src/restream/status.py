@@ -56,12 +56,13 @@ class IngestStatus:
     ingest: str  # "primary" | "backup"
     state: str  # connecting / live / stalled / retrying; at the end stopped (delivered) / failed
     error: str | None = None  # its last error
-    bytes_sent: int = 0  # written to it in the current relay session (each ingest gets the stream once)
+    bytes_sent: int = 0  # written to it (each ingest gets the stream once; the destination's bytes_sent is the sum)
 
 
 def ingests_label(ingests) -> str:
     """Which ingests carry a "both" destination, from (ingest, state) pairs: ``primary+backup``,
     ``primary; backup retrying``, at the end ``backup; primary failed``."""
+    ingests = list(ingests)
     ok = [i for i, st in ingests if st in (LIVE, STOPPED)]
     rest = [f"{i} {st}" for i, st in ingests if st not in (LIVE, STOPPED)]
     return "; ".join((["+".join(ok)] if ok else []) + rest)
