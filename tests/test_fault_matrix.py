@@ -391,3 +391,46 @@ def test_ffmpeg_killed_from_outside(procs, add):
     assert end["event"] == "end" and end["exit_code"] == 5 and end["ffmpeg_returncode"] == -9, end
     assert end["reason"].startswith("ffmpeg failed"), end
     assert_others_real_time(go, recs, lives, until=killed)
+
+
+# -- backup = "both": one ingest's fault never touches the other (issue 15) ------------------------------------------
+
+def ingest_states(go: Go, name: str, ingest: str) -> list[tuple[str, str | None]]:
+    return [(e["state"], e["error"]) for e in go.events
+            if e.get("event") == "ingest_state" and e["destination"] == name and e["ingest"] == ingest]
+
+
+@timing
+@pytest.mark.timeout(90)
+def test_both_one_ingest_paused_stalls_alone_and_is_dropped(procs, add):
+    """The backup ingest stops reading: it alone is stalled, then dropped after --stall-timeout and retried; the
+    primary ingest (and the destination) stays live and its receiver gets the whole broadcast without a hole."""
+    primary = procs.receiver("yp", "key-y")
+    backup = procs.receiver("yb", "key-y")
+    proxy = procs.proxy(backup.port)
+    add("y", primary.url, "key-y", "--backup-url", f"rtmp://127.0.0.1:{proxy.port}/live", "--backup-mode", "both")
+    go = procs.go(*CHEAP, "--duration", "22s", "--json", "--status-interval", "0.5", "--stall-timeout", "5")
+    lives = go.wait_live("y")
+    go.wait_event(lambda e: e.get("event") == "ingest_state" and e["ingest"] == "backup" and e["state"] == "live",
+                  "the backup ingest live", 10)
+    stream_time(go, 4)
+    proxy.pause()
+    paused = time.time()
+    stalled = go.wait_event(lambda e: e.get("event") == "ingest_state" and e["ingest"] == "backup"
+                            and e["state"] == "stalled", "the backup ingest stalled", 15)[0]
+    dropped = go.wait_event(lambda e: e.get("event") == "ingest_state" and e["ingest"] == "backup"
+                            and e["state"] == "retrying", "the backup ingest dropped", 15)[0]
+    assert "stalled: took no data" in dropped["error"], dropped
+    assert [s for s, _ in states(go, "y")] == ["connecting", "live"], states(go, "y")  # never stalled itself
+    proxy.resume()
+    assert go.wait(40) == 0, go.stderr
+    receivers_done(primary)
+    end = go.events[-1]
+    y = end["destinations"]["y"]
+    assert y["state"] == "stopped" and y["ingests"]["primary"]["state"] == "stopped", y
+    assert_others_real_time(go, {"y": primary}, lives)
+    m = probe(primary.out)
+    assert m.max_gap <= 0.5, f"a {m.max_gap:.2f} s hole at the primary"
+    print(f"backup paused: stalled after {_ts(stalled) - paused:.1f} s, dropped after {_ts(dropped) - paused:.1f} s; "
+          f"backup states {ingest_states(go, 'y', 'backup')}; primary received {m.duration:.2f} s")
+    bound(_ts(stalled) - paused, 10.0, "the paused ingest reported stalled")
