@@ -290,7 +290,7 @@ def framemd5(path) -> dict[int, str]:
     for line in out.splitlines():
         if line.startswith("#") or not line.strip():
             continue
-        stream, _dts, pts, _dur, _size, digest = [x.strip() for x in line.split(",")]
+        stream, _dts, pts, _dur, _size, digest = [x.strip() for x in line.split(",")][:6]  # (flags may follow)
         frames[f"{stream}:{pts}"] = digest
     return frames
 

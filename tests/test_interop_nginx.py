@@ -135,3 +135,43 @@ def test_wrong_key_is_retrying_with_an_error_the_others_live(ngx, procs, cli):
         assert probe(ngx.recording(app, KEYS[app])).decodes, app
     print(f"{wrong} retrying after {_ts(retrying) - _ts(go.event('start')):.2f} s: {retrying['error']!r}; "
           f"{len(attempts)} rejected attempts")
+
+
+@timing
+@pytest.mark.timeout(120)
+def test_both_ingests_nginx_rtmps_primary_and_rtmp_backup_exact_key(tmp_path, procs, cli):
+    """backup = "both" against nginx-rtmp: the primary over RTMPS (the TLS front, --ca-file), the backup plain RTMP,
+    the same odd key; both publish at once, on_publish sees the exact key once on each, both recordings decode and
+    hold the same frames."""
+    require_nginx(tls=True)
+    key = KEYS["a1"]
+    ngx = NginxRtmp(tmp_path, apps=["p", "b"], expected_keys={"p": key, "b": key}, tls=True).start()
+    procs.things.append(ngx)
+    code, _, err = cli("add", "yt", "--url", ngx.rtmps_url("p"), "--ca-file", str(CERT), "--backup-url",
+                       ngx.rtmp_url("b"), "--backup-mode", "both", "--key-stdin", input=key + "\n")
+    assert code == 0, err
+    go = procs.go(*CHEAP, "--duration", "10s", "--json", "--status-interval", "0.5")
+    lives = go.wait_live(["yt"], timeout=20)
+    wait_for(lambda: ngx.publishing("p") and ngx.publishing("b"), 10, what="both ingests publishing at nginx")
+    assert go.wait(45) == 0, go.stderr
+    end = go.events[-1]
+    yt = end["destinations"]["yt"]
+    assert yt["state"] == "stopped" and {i: v["state"] for i, v in yt["ingests"].items()} == \
+        {"primary": "stopped", "backup": "stopped"}, yt
+    assert yt["ingests"]["primary"]["bytes_sent"] > 100_000 and yt["ingests"]["backup"]["bytes_sent"] > 100_000, yt
+    for app in ("p", "b"):
+        assert [(a.key, a.accepted) for a in ngx.attempts(app)] == [(key, True)], (app, ngx.attempts(app))
+    assert ngx.attempts("p")[0].fields["tcurl"] == [ngx.rtmps_url("p")]
+    wait_for(lambda: not ngx.publishing("p") and not ngx.publishing("b"), 10, what="streams closed")
+    from test_backup_ingest import framemd5
+
+    files = [ngx.recording(app, key) for app in ("p", "b")]
+    for f in files:
+        m = probe(f)
+        assert m.decodes and m.first_packet_key, (f.name, m.errors)
+        near(m.duration, _ts(end) - _ts(lives["yt"]), 1.5, f"{f.name}: recorded vs wall time live")
+    p, b = (framemd5(f) for f in files)
+    same = set(p.items()) & set(b.items())
+    print(f"nginx both: primary {len(p)} packets, backup {len(b)}, {len(same)} identical at the same time")
+    assert len(same) >= 0.9 * min(len(p), len(b)), "the ingests got different frames"
+    assert key not in go.stdout + go.stderr
