@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from conftest import CANARY_KEY
+from conftest import CANARY_KEY, assert_no_canary
 from restream import profile as prof
-from support import bound, free_port, probe, timing
+from support import bound, free_port, probe, timing, wait_for
 from test_go_e2e import CHEAP, _ts, receivers_done
 
 SWITCH_BOUND_S = 6.0
@@ -44,14 +44,29 @@ def test_add_youtube_backup_from_preset_list_show_export_import(cli):
     assert 'backup_url = "rtmp://b.rtmp.youtube.com/live2?backup=1"' in exported
     assert cli("import", "-", "-p", "copy", input=exported)[0] == 0
     assert prof.load("copy").destinations == prof.load("default").destinations
-    # twitch has no backup preset; a SRT destination cannot have a backup; "both" is not there yet
+    # twitch has no backup preset; a SRT destination cannot have a backup; an unknown mode is refused
     code, _, err = cli("add", "twitch", "--backup", "--key", "k")
     assert code == 2 and "--backup-url" in err
     code, _, err = cli("add", "s", "--url", "srt://127.0.0.1:9000", "--no-key", "--backup-url", "rtmp://h/app")
     assert code == 2 and "SRT" in err
     code, _, err = cli("add", "b", "--url", "rtmp://h/app", "--key", "k", "--backup-url", "rtmp://i/app",
-                       "--backup-mode", "both")
-    assert code == 2 and "not supported yet" in err
+                       "--backup-mode", "twice")
+    assert code == 2 and '"failover" or "both"' in err
+    # "both": add, list, show, export/import keep it; edit switches modes
+    assert cli("add", "b", "--url", "rtmp://h/app", "--key", "k-b", "--backup-url", "rtmp://i/app",
+               "--backup-mode", "both")[0] == 0
+    assert prof.load("default").get("b").backup_mode == "both"
+    code, out, _ = cli("list")
+    assert "both" in out, out
+    code, out, _ = cli("show", "b", "--json")
+    assert json.loads(out)["backup"] == "both"
+    code, exported, _ = cli("export", "--show-keys")
+    assert 'backup = "both"' in exported
+    assert cli("import", "-", "-p", "copy2", input=exported)[0] == 0
+    assert prof.load("copy2").get("b").backup_mode == "both"
+    assert cli("edit", "b", "--backup-mode", "failover")[0] == 0
+    assert prof.load("default").get("b").backup_mode == "failover"
+    assert cli("edit", "b", "--backup-mode", "both")[0] == 0 and cli("remove", "b")[0] == 0
     # edit: add, then forget a backup
     assert cli("edit", "own", "--no-backup")[0] == 0
     assert prof.load("default").get("own").backup_url is None
@@ -303,18 +318,26 @@ def _ingest_events(go, name: str, ingest: str | None = None) -> list[dict]:
 @timing
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
-def test_both_ingests_get_identical_frames_one_killed_reconnects_by_itself(procs, cli):
-    key = "key-both-" + "z" * 20
+def test_both_ingests_get_identical_frames_one_killed_reconnects_by_itself(procs, cli, tmp_path):
+    key = CANARY_KEY  # each receiver takes only the exact key (it warns on any other stream name)
     primary = procs.receiver("primary", key)
     backup = procs.receiver("backup", key)
     other = procs.receiver("other", "key-other")
-    assert cli("add", "yt", "--url", primary.url, "--key", key, "--backup-url", backup.url + "?backup=1",
-               "--backup-mode", "both")[0] == 0
+    assert cli("add", "yt", "--url", primary.url, "--key-stdin", "--backup-url", backup.url,
+               "--backup-mode", "both", input=key + "\n")[0] == 0
     assert cli("add", "other", "--url", other.url, "--key", "key-other")[0] == 0
-    go = procs.go(*CHEAP, "--duration", "20s", "--json", "--status-interval", "0.5")
+    log = tmp_path / "go.log"
+    go = procs.go(*CHEAP, "--duration", "20s", "--json", "--status-interval", "0.5", "--log-file", str(log))
     go.wait_live(["yt", "other"])
     go.wait_event(lambda e: e.get("event") == "ingest_state" and e["destination"] == "yt" and e["state"] == "live",
                   "both ingests live", 15, count=2)
+
+    def status_row():
+        code, out, _ = cli("status", "--json")
+        rows = {d["name"]: d for d in json.loads(out).get("destinations", [])} if code == 0 else {}
+        return rows.get("yt") if rows.get("yt", {}).get("state") == "live (primary+backup)" else None
+
+    wait_for(status_row, 5, what="restream status: live (primary+backup)")
     go.wait_stream_time(4, 15)
     assert backup.connected()  # (its file stays empty: SIGKILL leaves ffmpeg's buffer unwritten)
     backup.kill()
@@ -352,4 +375,53 @@ def test_both_ingests_get_identical_frames_one_killed_reconnects_by_itself(procs
     vids = sorted(int(k[2:]) for k in p if k.startswith("0:"))
     gaps = [y - x for x, y in zip(vids, vids[1:])]
     assert max(gaps) <= 200, f"the primary has a gap of {max(gaps)} ms"
-    assert CANARY_KEY not in go.stdout + go.stderr
+    assert primary.stream_names() == [] and backup2.stream_names() == []  # the exact key, on both ingests
+    assert_no_canary(go.stdout + go.stderr + log.read_text(encoding="utf-8"), "restream's output and log")
+    for pid, argvs in go.children.items():
+        for argv in argvs:
+            assert "CANARY-k3y" not in argv.decode("utf-8", "replace"), f"the key in the argv of child {pid}"
+
+
+def test_status_and_views_show_both_ingests():
+    import io
+
+    from restream import events as ev
+    from restream import status, view
+
+    t = 1000.0
+    out, plain = io.StringIO(), io.StringIO()
+    sinks = [view.JsonView(out), view.PlainView(plain)]
+    snap = status.initial(profile="p")
+    for e in (ev.Started(t, "p", "test", "ffmpeg", 1, (("yt", "rtmp://a/live2"),)),
+              ev.IngestState(t + 0.1, "yt", "primary", ev.CONNECTING),
+              ev.IngestState(t + 0.1, "yt", "backup", ev.CONNECTING),
+              ev.IngestState(t + 0.5, "yt", "primary", ev.LIVE),
+              ev.IngestState(t + 0.6, "yt", "backup", ev.RETRYING, "cannot connect to b:1935: Connection refused"),
+              ev.DestState(t + 0.5, "yt", ev.LIVE),
+              ev.Traffic(t + 1, (("yt", 5000),), (("yt", "primary", 4000), ("yt", "backup", 1000)))):
+        snap = status.reduce(snap, e)
+        for s in sinks:
+            s.update(snap, e)
+    row = snap.destination("yt")
+    assert view.state_text(row, snap.now) == "live (primary; backup retrying)"
+    snap = status.reduce(snap, ev.IngestState(t + 2, "yt", "backup", ev.LIVE))
+    assert view.state_text(snap.destination("yt"), snap.now) == "live (primary+backup)"
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    states = [x for x in lines if x["event"] == "ingest_state"]
+    assert [(x["ingest"], x["state"]) for x in states] == [("primary", "connecting"), ("backup", "connecting"),
+                                                           ("primary", "live"), ("backup", "retrying")]
+    assert "Connection refused" in states[-1]["error"]
+    live = next(x for x in lines if x["event"] == "state" and x["state"] == "live")
+    assert live["ingests"] == {"primary": "live", "backup": "retrying"}
+    text = plain.getvalue()
+    assert "yt: backup ingest retrying (cannot connect to b:1935: Connection refused)" in text
+    assert "yt: live (primary; backup retrying)" in text
+    # the end: delivered through the primary only, and the summary says so
+    for e in (ev.IngestState(t + 3, "yt", "primary", ev.STOPPED),
+              ev.IngestState(t + 3, "yt", "backup", ev.FAILED, "not live when the broadcast ended"),
+              ev.DestState(t + 3, "yt", ev.STOPPED), ev.Ended(t + 3, 0, "input ended", 0)):
+        snap = status.reduce(snap, e)
+    assert status.outcome(snap)["yt"]["ingests"] == {
+        "primary": {"state": "stopped", "bytes_sent": 4000, "last_error": None},
+        "backup": {"state": "failed", "bytes_sent": 1000, "last_error": "not live when the broadcast ended"}}
+    assert view.summary_lines(snap)[0].startswith("summary yt: delivered (primary; backup failed), ")

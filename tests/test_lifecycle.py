@@ -123,3 +123,68 @@ def test_failed_reason_keeps_the_last_error():
     assert why[B] == "never went live (did not answer the RTMP handshake within 5 s)"
     life = run([L.Live(B), L.Stalled(B, 1.0), L.StopBegan("duration reached")])
     assert {n: w for n, _, w in L.final(life)}[B] == "stalled when the broadcast ended"
+
+
+# -- backup = "both": each ingest has its own lifecycle; the destination delivered if either did ----------------------
+
+P, K = "primary", "backup"
+
+BOTH_ROWS = [
+    # id, events, destination verdict, per-ingest verdicts, exit code
+    ("both delivered", [L.Live(A, P), L.Live(A, K), L.Unpublished(A, P), L.Unpublished(A, K),
+                        L.StopBegan("input ended")], STOPPED, {P: STOPPED, K: STOPPED}, 0),
+    # mutation caught: requiring every ingest to deliver
+    ("backup down all along", [L.Live(A, P), L.Down(A, "Connection refused", K), L.StopBegan("input ended")],
+     STOPPED, {P: STOPPED, K: FAILED}, 0),
+    ("primary died, backup carried it", [L.Live(A, P), L.Live(A, K), L.Down(A, "Broken pipe", P),
+                                         L.StopBegan("duration reached")], STOPPED, {P: FAILED, K: STOPPED}, 0),
+    # mutation caught: judging only the last ingest that spoke
+    ("neither delivered", [L.Live(A, P), L.Down(A, "Broken pipe", P), L.Down(A, "refused", K),
+                           L.StopBegan("input ended")], FAILED, {P: FAILED, K: FAILED}, 1),
+    # one ingest stalled at the stop, the other live: delivered through the live one
+    ("one stalled at the stop", [L.Live(A, P), L.Live(A, K), L.Stalled(A, 10.0, K), L.StopBegan("input ended")],
+     STOPPED, {P: STOPPED, K: FAILED}, 0),
+    # race: one ingest cut while stopping (would not take the end); the other took it
+    ("one forced while stopping", [L.Live(A, P), L.Live(A, K), L.StopBegan("interrupted"),
+                                   L.Forced(A, "held up the end", K)], STOPPED, {P: STOPPED, K: FAILED}, 0),
+    ("both forced while stopping", [L.Live(A, P), L.Live(A, K), L.StopBegan("interrupted"),
+                                    L.Forced(A, "held up the end", K), L.Forced(A, "held up the end", P)],
+     FAILED, {P: FAILED, K: FAILED}, 1),
+    # a reset after the stop began is part of stopping, for an ingest as for a destination
+    ("reset of an ingest after the stop began", [L.Live(A, P), L.Live(A, K), L.StopBegan("duration reached"),
+                                                 L.Down(A, "Connection reset by peer", P)],
+     STOPPED, {P: STOPPED, K: STOPPED}, 0),
+]
+
+
+@pytest.mark.parametrize("events, verdict, legs, code", [r[1:] for r in BOTH_ROWS], ids=[r[0] for r in BOTH_ROWS])
+def test_both_ingests_verdicts(events, verdict, legs, code):
+    life = run([L.Live(B), *events], names=(A, B))
+    assert verdicts(life) == {A: verdict, B: STOPPED}
+    assert {ingest: v for name, ingest, v, _ in L.legs_final(life) if name == A} == legs
+    assert L.exit_code(life) == code
+
+
+def test_both_destination_state_follows_its_ingests():
+    life = L.initial([A])
+    seen = []
+    for e in (L.Connecting(A, P), L.Connecting(A, K), L.Down(A, "Connection refused", K), L.Live(A, P),
+              L.Connecting(A, K), L.Live(A, K), L.Stalled(A, 5.0, P), L.Down(A, "stalled", K), L.Resumed(A, P),
+              L.Down(A, "Broken pipe", P)):
+        old, life = life, L.step(life, e)
+        seen.append((life.dest(A).state, L.leg_changes(old, life)))
+    assert [s for s, _ in seen] == [CONNECTING, CONNECTING, CONNECTING, LIVE, LIVE, LIVE, LIVE, STALLED, LIVE,
+                                    RETRYING]
+    # the ingests' own changes, announced one by one (an error only with retrying)
+    assert seen[2][1] == [(A, K, RETRYING, "Connection refused")]
+    assert seen[6][1] == [(A, P, STALLED, None)]
+    assert life.dest(A).error == "primary: Broken pipe"
+    assert life.dest(A).stalled_since is None
+
+
+def test_both_in_relay_mode_each_session_judged_by_its_ingests():
+    life = run([L.SessionStart(), L.Live(A, P), L.Down(A, "refused", K), L.SessionEnd(),
+                L.SessionStart(), L.Live(A, K), L.Down(A, "Broken pipe", P), L.SessionEnd(),
+                L.StopBegan("interrupted")], names=(A,), relay=True)
+    assert verdicts(life) == {A: STOPPED}  # each session delivered by one ingest or the other
+    assert {i: v for _, i, v, _ in L.legs_final(life)} == {P: FAILED, K: FAILED}  # neither delivered every session
