@@ -425,3 +425,50 @@ def test_status_and_views_show_both_ingests():
         "primary": {"state": "stopped", "bytes_sent": 4000, "last_error": None},
         "backup": {"state": "failed", "bytes_sent": 1000, "last_error": "not live when the broadcast ended"}}
     assert view.summary_lines(snap)[0].startswith("summary yt: delivered (primary; backup failed), ")
+
+
+def test_a_leg_that_overflows_drops_until_a_keyframe_never_blocks():
+    """Each ingest has its own buffer: one above LEG_BUFFER drops media (the other is not involved at all) and
+    resumes at the next keyframe; decoder configurations always pass."""
+    from types import SimpleNamespace
+
+    from restream import dualingest as D
+    from restream import rtmp
+
+    class Transport:
+        size = 0
+
+        def get_write_buffer_size(self):
+            return self.size
+
+        def is_closing(self):
+            return False
+
+    written: list[bytes] = []
+    relay = SimpleNamespace(_assigned=[None], _bytes=[0], _leg_bytes=[{}])
+    sess = SimpleNamespace(relay=relay, slot=0, upstream=object(), has_video=True, headers={})
+    leg = D._Leg(sess, "backup", "rtmp://127.0.0.1/live")  # type: ignore[arg-type]
+    leg.live, leg.need_key, leg.transport = True, False, Transport()
+    leg.writer = SimpleNamespace(write=written.append)  # type: ignore[assignment]
+
+    def video(key: bool, ts: int, config: bool = False) -> rtmp.Message:
+        return rtmp.Message(6, ts, rtmp.VIDEO, 1, bytes([0x17 if key else 0x27, 0 if config else 1]) + b"x" * 10)
+
+    def audio(ts: int) -> rtmp.Message:
+        return rtmp.Message(4, ts, rtmp.AUDIO, 1, b"\xaf\x01" + b"a" * 5)
+
+    def feed(m: rtmp.Message) -> bool:
+        before = len(written)
+        leg.media(m, D.header_kind(m))
+        return len(written) > before
+
+    assert D.is_keyframe(video(True, 0)) and not D.is_keyframe(video(True, 0, config=True))
+    assert D.header_kind(video(True, 0, config=True)) == "video" and D.header_kind(video(False, 0)) is None
+    assert feed(video(False, 40)) and feed(audio(41))
+    leg.transport.size = D.LEG_BUFFER + 1  # the ingest is not taking its bytes
+    assert not feed(video(False, 80)) and not feed(audio(81)) and leg.need_key
+    leg.transport.size = 0  # drained: media again from the next keyframe, not mid-GOP
+    assert not feed(video(False, 120)) and not feed(audio(121))
+    assert feed(video(True, 0, config=True))  # a decoder configuration always passes
+    assert feed(video(True, 2000)) and feed(audio(2001)) and feed(video(False, 2040))
+    assert relay._leg_bytes == [{}]  # not the assigned upstream: nothing counted for the slot

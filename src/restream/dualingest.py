@@ -56,7 +56,7 @@ def header_kind(m: rtmp.Message) -> str | None:
         return "video"
     if m.type_id == rtmp.AUDIO and len(p) >= 2 and p[0] >> 4 == 10 and p[1] == 0:
         return "audio"
-    if m.type_id in (rtmp.DATA_AMF0, rtmp.DATA_AMF3):
+    if m.type_id in (rtmp.DATA_AMF0, rtmp.DATA_AMF3) and b"onMetaData" in p[:64]:
         return "meta"
     return None
 
@@ -435,7 +435,7 @@ class _Leg:
         if not self.live or self.ending or self.writer is None:
             return
         if kind is not None:
-            pass  # a decoder configuration or metadata: always passed (it changes nothing for a decoder mid-GOP)
+            pass  # a decoder configuration or the metadata: always passed (nothing for a decoder to skip)
         elif self.transport.get_write_buffer_size() > LEG_BUFFER:  # type: ignore[union-attr]
             self.need_key = True
             return
