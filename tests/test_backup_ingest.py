@@ -470,3 +470,34 @@ def test_a_leg_that_overflows_drops_until_a_keyframe_never_blocks():
     assert feed(video(True, 0, config=True))  # a decoder configuration always passes
     assert feed(video(True, 2000)) and feed(audio(2001)) and feed(video(False, 2040))
     assert relay._leg_bytes == [{}]  # not the assigned upstream: nothing counted for the slot
+
+
+def test_both_slot_refuses_a_client_that_is_not_ffmpeg_publishing_the_placeholder():
+    """The relay answers a "both" slot's client itself: a `connect` to another app is refused before any ingest is
+    dialled (nothing listens there: a dial would show as an ingest event)."""
+    from restream import rtmp
+    from restream.slotrelay import SlotRelay, Upstream
+
+    async def main():
+        events: list = []
+        relay = SlotRelay(1, on_event=events.append)
+        await relay.start()
+        relay.assign(0, Upstream("yt", f"rtmp://127.0.0.1:{free_port()}/live", CANARY_KEY,
+                                 backup_url=f"rtmp://127.0.0.1:{free_port()}/live", backup_mode="both"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.ports[0])
+        writer.write(b"\x03" + bytes(rtmp.HANDSHAKE_SIZE))
+        s0s1s2 = await reader.readexactly(1 + 2 * rtmp.HANDSHAKE_SIZE)
+        assert s0s1s2[0] == 3  # answered by the relay itself, not passed to an ingest
+        writer.write(s0s1s2[1:1 + rtmp.HANDSHAKE_SIZE])
+        writer.write(rtmp.serialize(rtmp.command_message(["connect", 1.0, {"app": "other", "tcUrl": "x"}]), 128))
+        assert await reader.read() == b""  # cut off
+        for _ in range(100):
+            if events:
+                break
+            await asyncio.sleep(0.02)
+        assert [(e.kind, e.leg) for e in events] == [("refused", False)], events
+        assert "unexpected app 'other'" in events[0].error and CANARY_KEY not in events[0].error
+        writer.close()
+        await relay.close()
+
+    asyncio.run(main())

@@ -201,8 +201,15 @@ class DualSession:
             self._end(in_order=True, closing=False)
 
     def _refuse(self, why: str) -> None:
+        """Not what restream's ffmpeg sends (a protocol error, another app or placeholder): the session ends; its
+        legs say why (or, before any leg started, the slot does, as for a plain session)."""
+        from restream.slotrelay import redact
+
+        why = redact(f"refused ffmpeg's session: {why}", self.upstream.key)[:300]
         for leg in self.legs:
-            leg.error = f"refused ffmpeg's session: {why}"
+            leg.error = why
+        if not any(leg.task is not None for leg in self.legs):
+            self.relay._emit(self.slot, self.upstream.name, "refused", why)
         self._end(in_order=False, closing=False)
 
     def ffmpeg_gone(self, exc: BaseException | None) -> None:
