@@ -182,6 +182,13 @@ def test_both_destination_state_follows_its_ingests():
     assert life.dest(A).stalled_since is None
 
 
+def test_both_edited_to_failover_while_live_is_judged_as_one_connection():
+    # mutation caught: the ingests of a mode the destination left still deciding its verdict
+    life = run([L.Live(A, P), L.Down(A, "refused", K), L.Connecting(A), L.Live(A), L.Down(A, "Broken pipe"),
+                L.StopBegan("input ended")], names=(A,))
+    assert verdicts(life) == {A: FAILED} and L.legs_final(life) == []
+
+
 def test_both_in_relay_mode_each_session_judged_by_its_ingests():
     life = run([L.SessionStart(), L.Live(A, P), L.Down(A, "refused", K), L.SessionEnd(),
                 L.SessionStart(), L.Live(A, K), L.Down(A, "Broken pipe", P), L.SessionEnd(),

@@ -179,6 +179,8 @@ def step(life: Life, e: Event) -> Life:
         return life  # between publisher sessions: ffmpeg's last session is closing
     if ingest is not None:
         return _put(life, _leg_step(d, ingest, e))
+    if d.legs:  # no longer fed both ways (edited while live): judged as one connection again
+        d = replace(d, legs=())
     return _put(life, _dest_step(d, e))
 
 
