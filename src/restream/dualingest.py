@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from restream.slotrelay import SlotRelay, Upstream
 
 LEG_BUFFER = 4 * 1024 * 1024  # a leg's write buffer above this: media dropped until the next keyframe
-BACKOFF_S = (1.0, 2.0, 4.0)   # waits between a leg's attempts (the last one repeats); reset once live
+BACKOFF_S = (1.0, 2.0)    # waits between a leg's attempts (the last one repeats); reset once live
 CHUNK_SIZE = 4096
 _MEDIA = frozenset({rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0, rtmp.DATA_AMF3})
 _END = ("FCUnpublish", "deleteStream", "closeStream")
