@@ -444,16 +444,19 @@ def _ensure_dir(folder: Path) -> None:
             os.chmod(d, 0o700)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part (mode 0600)."""
+def atomic_write(path: Path, text: str, durable: bool = True) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part (mode 0600).
+    ``durable``: also survive a power cut (fsync the file and its directory); a file rewritten every second that
+    means nothing after a reboot (the running broadcast's status) does without."""
     _ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o600)
             fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -461,6 +464,8 @@ def atomic_write(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -46,7 +46,8 @@ def read(profile: str) -> dict | None:
 def write(profile: str, data: dict) -> None:
     from restream.profile import atomic_write
 
-    atomic_write(info_path(profile), json.dumps(data, ensure_ascii=False))
+    # rewritten every second while live, meaningless after a reboot: no fsync (it cost more than the rest of it)
+    atomic_write(info_path(profile), json.dumps(data, ensure_ascii=False), durable=False)
 
 
 class Session:
