@@ -324,6 +324,9 @@ def run(args, work: Path) -> dict:
                             "--key-stdin"], input=keys[n] + "\n", text=True, env=env, check=True,
                            capture_output=True)
         argv = [sys.executable, "-m", "restream", "go", *GO_ARGS, "--duration", f"{args.minutes:g}m"]
+        if args.tracemalloc:  # the same CLI under tracemalloc (bench/traced.py): its RSS figures are inflated
+            env = {**env, "RESTREAM_TRACEMALLOC": str(work / "tracemalloc.json")}
+            argv[1:3] = [str(HERE / "traced.py"), "--after", "60"]
         t0 = time.time()
         go = Go(argv, env, work / "restream.stderr")
         sampler = Sampler(go, files, t0)
@@ -467,6 +470,8 @@ def run(args, work: Path) -> dict:
         "destinations": per_dest,
         "ratio_min": min((d["ratio"] for d in per_dest.values() if d["ratio"] is not None), default=None),
         # every file decodes; a killed receiver's file at least up to its last second (a torn last packet)
+        "tracemalloc": (json.loads((work / "tracemalloc.json").read_text())
+                        if (work / "tracemalloc.json").exists() else None),
         "all_files_decode": all(c["decodes"] or c.get("decodes_but_last_1s") for c in checks.values())
         if checks else None,
         "files_decode_whole": sum(c["decodes"] for c in checks.values()),
@@ -510,6 +515,12 @@ def report(r: dict) -> str:
         f"({r['files_decode_whole']}/{r['files']} whole, {r['files_torn_tail_only']} of the killed receivers' files "
         f"up to a torn last packet); bad JSON lines {r['bad_json_lines']}",
     ]
+    tm = r.get("tracemalloc")
+    if tm:
+        lines.append(f"tracemalloc: traced {tm['traced_kb']} KB at the end (peak {tm['peak_kb']} KB); growth from "
+                     f"{tm['after_s']:g} s to the end ({tm['end_s']} s), top entries:" if tm["diffed"] else
+                     "tracemalloc: (ended before the first snapshot) largest entries:")
+        lines += [f"  {e['size_diff_kb']:+8.1f} KB  {e['count_diff']:+6d} blocks  {e['where']}" for e in tm["top"]]
     return "\n".join(lines)
 
 
@@ -561,6 +572,8 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="where the receivers' files go (a temp directory inside it)")
     ap.add_argument("--keep", action="store_true", help="keep the receivers' files")
     ap.add_argument("--no-decode-check", action="store_true")
+    ap.add_argument("--tracemalloc", action="store_true", help="run restream under tracemalloc: the result gets the "
+                    "top growth between minute 1 and the end (RSS is then inflated by tracemalloc itself)")
     args = ap.parse_args()
     out = args.out or Path(tempfile.gettempdir()) / f"restream-soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     work = Path(tempfile.mkdtemp(prefix="restream-soak-", dir=args.workdir))

@@ -26,11 +26,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from restream import rtmp
+from restream import pacing, rtmp
 
 _NAMED = ("releaseStream", "FCPublish", "publish")
 _READ = 256 * 1024
 READ_TIMEOUT_S = 10.0  # a publisher silent this long is gone (ffmpeg's -rw_timeout did this before)
+PACE_S = 0.5  # while streaming: how often the read batch is re-sized to the publisher's rate (pacing.py)
+PACE_WAIT_S = 0.2  # ... and how long a read may wait for a batch before it takes what is there
 SINK_TIMEOUT_S = 10.0  # ffmpeg restarting after the previous publisher
 LINGER_S = 1.0  # a publisher that unpublished gets this long to close its side
 MAX_UNVERIFIED = 16  # connections that have not shown the key yet, at once (each has READ_TIMEOUT_S to do so)
@@ -330,14 +332,31 @@ class _Session:
         self.header_sent = False
         self.last_data = time.monotonic()
         self.unpublished = False  # the publisher said it is done (FCUnpublish, deleteStream)
+        self.pacer: pacing.Pacer | None = None  # while streaming: read in batches
+
+    async def _read_some(self) -> bytes:
+        pacer = self.pacer
+        if pacer is None or pacer.lowat == 1:
+            return await self.reader.read(_READ)
+        try:
+            async with asyncio.timeout(PACE_WAIT_S):
+                return await self.reader.read(_READ)
+        except TimeoutError:  # the publisher slowed down or paused: take what there is, byte by byte again
+            pacer.release()
+            return await self.reader.read(_READ)
 
     async def _read(self) -> bytes:
         async with asyncio.timeout(READ_TIMEOUT_S):
-            data = await self.reader.read(_READ)
+            data = await self._read_some()
         if not data:
             raise ConnectionResetError("the publisher disconnected")
         self.last_data = time.monotonic()
         self.received += len(data)
+        if self.pacer is not None:
+            self.pacer.rx += len(data)
+            now = time.monotonic()
+            if now - self.pacer.at >= PACE_S:
+                self.pacer.tick(now)
         if self.received - self.acked >= self.window:
             self.acked = self.received
             self.writer.write(self.out.write(acknowledgement(self.received)))
@@ -382,6 +401,7 @@ class _Session:
         await self.writer.drain()
         self._forward(after, sink)
         await sink.drain()
+        self.pacer = pacing.Pacer(self.writer.transport)
         while True:
             data = await self._read()
             msgs = self.parser.feed(data)

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from restream import dualingest, peercheck, rtmp, sockstat
+from restream import dualingest, pacing, peercheck, rtmp, sockstat
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ TAIL_S = 0.15             # a destination taken off its slot while live still ge
 TICK_S = 0.5              # the watchdog's period
 FAILOVER_ATTEMPTS = 3     # failed sessions in a row on one ingest before its slot switches to the other one
 FAILOVER_AFTER_S = 5.0    # ... or this long without that ingest being live
-BATCH_S = 0.05            # live: ffmpeg's bytes are read in batches of about this long (see _pace)
-_LOWAT_MAX = 64 * 1024    # ... at most this many bytes
 _ANSWERED_BY = {"connect": "connect", "createStream": "createStream", "publish": "publish"}
 
 
@@ -119,7 +117,7 @@ def redact(text: str, key: str) -> str:
 class _Session:
     __slots__ = ("slot", "upstream", "ingest", "url", "target", "pub", "dest", "connected", "live", "closing", "error",
                  "refused", "server_error", "ended", "stopped", "awaiting", "awaiting_since", "unpublished",
-                 "stream_id", "acked", "acked_at", "stalled_since", "forced", "graceful", "rx", "rx_at", "lowat")
+                 "stream_id", "acked", "acked_at", "stalled_since", "forced", "graceful", "pacer")
 
     def __init__(self, slot: int, upstream: Upstream, pub: "_Publisher", ended: asyncio.Future,
                  ingest: str = "primary") -> None:
@@ -147,9 +145,7 @@ class _Session:
         self.stalled_since: float | None = None  # time.monotonic() of the last acknowledged byte, while stalled
         self.forced: str | None = None  # why restream cut this session short while stopping
         self.graceful = False       # closed on purpose after flushing (unassigned while live)
-        self.rx = 0                 # bytes received from ffmpeg since rx_at (for _pace)
-        self.rx_at = 0.0
-        self.lowat = 1              # SO_RCVLOWAT of ffmpeg's socket
+        self.pacer = pacing.Pacer(pub.transport)  # live: ffmpeg's bytes are read in batches (pacing.py)
 
     def end(self, side: str, exc: BaseException | None) -> None:
         self.stopped = True
@@ -226,7 +222,7 @@ class _Publisher(_Side):
             return
         try:
             if self.stage == 2 and self.up is not None:
-                sess.rx += len(data)
+                sess.pacer.rx += len(data)
                 self._forward(data)
                 return
             self.pending += data
@@ -554,7 +550,7 @@ class SlotRelay:
         deleteStream, send what is buffered, and close."""
         sess.closing = sess.graceful = True
         sess.pub.ending_at = time.monotonic() + TAIL_S
-        _set_lowat(sess, 1)  # read every byte as it comes, to find a message boundary soon
+        sess.pacer.release()  # read every byte as it comes, to find a message boundary soon
         asyncio.get_running_loop().call_later(TAIL_S + 0.3, self._finish_unpublish, sess)
 
     def _finish_unpublish(self, sess: _Session) -> None:
@@ -612,7 +608,10 @@ class SlotRelay:
                         sess.end("down", None)
                     continue
                 self._check_stall(sess, now)
-                _pace(sess, now, stopping)
+                if stopping or sess.pub.ending_at:
+                    sess.pacer.release()  # every byte of the end goes out as it comes
+                else:
+                    sess.pacer.tick(now)
                 if stopping and now - self._stopping_at >= self.drain and now - sess.acked_at >= 1.0 \
                         and _unsent(sess):  # type: ignore[operator]
                     sess.forced = "held up the end: took no data for " \
@@ -909,32 +908,6 @@ def _follow(sess: _Session, m: rtmp.Message) -> None:
             sess.stream_id = m.stream_id
     elif name in ("FCUnpublish", "deleteStream") and sess.live:
         sess.unpublished = True
-
-
-def _pace(sess: _Session, now: float, stopping: bool) -> None:
-    """Fewer, bigger reads of a live session: ffmpeg writes each 128-byte chunk (and its header) separately, so
-    reading as bytes come woke this process thousands of times a second per slot, each wake-up a recv and a send.
-    The kernel is asked (SO_RCVLOWAT) to wake it once ``BATCH_S`` worth of the stream's recent rate has arrived
-    (EOF still wakes it at once). The rate is re-read every tick, so a stream that slows down or pauses waits at most
-    about a tick before its lower mark is set; the stop, or a destination being taken off its slot, set it to 1."""
-    if sess.rx_at:
-        rate = sess.rx / max(now - sess.rx_at, 1e-3)
-        want = 1 if stopping or sess.pub.ending_at else max(1, min(_LOWAT_MAX, int(rate * BATCH_S)))
-        if want != sess.lowat and (want == 1 or abs(want - sess.lowat) * 4 > sess.lowat):
-            _set_lowat(sess, want)
-    sess.rx, sess.rx_at = 0, now
-
-
-def _set_lowat(sess: _Session, lowat: int) -> None:
-    t = sess.pub.transport
-    sock = t.get_extra_info("socket") if t is not None else None
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
-    except OSError:
-        return
-    sess.lowat = lowat
 
 
 async def _drained(sess: _Session, timeout: float) -> bool:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import IO, Any, Protocol
@@ -771,15 +772,15 @@ class LiveView:
     """
 
     def __init__(self, console=None, *, stream: IO[str] | None = None, err: IO[str] | None = None,
-                 no_color: bool | None = None, refresh_per_second: float = 4.0) -> None:
+                 no_color: bool | None = None) -> None:
         from rich.console import Console
 
         stream = sys.stdout if stream is None else stream
         self.console = console if console is not None else Console(file=stream, no_color=no_color, highlight=False)
         self._err = err
         self._err_on_screen = err is None or (_isatty(err) and self.console.is_terminal)
-        self._rate = refresh_per_second
         self._live = None
+        self._drawn = 0.0   # time.monotonic() of the last redraw
         self._throttle = Throttle()
         self._changes = StateChanges()
         self._closed = False
@@ -791,8 +792,9 @@ class LiveView:
     def _start(self, snap: Snapshot) -> None:
         from rich.live import Live
 
-        self._live = Live(self.render(snap), console=self.console, auto_refresh=True,
-                          refresh_per_second=self._rate, transient=True,
+        # Redrawn by update(), not by Rich's refresh thread: what the table shows changes only with events, and
+        # redrawing an unchanged table 4 times a second was most of the live view's CPU.
+        self._live = Live(self.render(snap), console=self.console, auto_refresh=False, transient=True,
                           redirect_stdout=self.console.file is sys.stdout,
                           redirect_stderr=self._err is sys.stderr)
         self._live.start(refresh=True)
@@ -806,7 +808,13 @@ class LiveView:
         problem = self._problem(snap, event)
         if problem is not None:
             self._say(snap, *problem)
-        self._live.update(self.render(snap))
+        now = time.monotonic()
+        # every event but the per-second traffic count (its bitrate shows with the next progress, 0.5 s later),
+        # which redraws only a screen nothing else redrew for a second (relay mode between publishers)
+        redraw = not isinstance(event, ev.Traffic) or now - self._drawn >= 0.9
+        if redraw:
+            self._drawn = now
+        self._live.update(self.render(snap), refresh=redraw)
 
     def _problem(self, snap: Snapshot, e: ev.Event) -> tuple[str, str] | None:
         if isinstance(e, ev.DestState):
