@@ -5,7 +5,13 @@ Usage:  python bench/run.py [--skip-slow] [--skip-soak] [--only NAME] [--soak-js
 
 Benches (NAME), each measured side by side in one run of its own:
 
-* ``list``       bench/bench_list.py: `restream list` wall time vs a bare `python -c pass`, interleaved.
+* ``go_cpu``     bench/go_cpu.py (slow): whole-tree CPU of `restream go` vs the expert's tee one-liner (5 and 1
+                 destinations) and vs PyLivestream (5), same file input, interleaved rounds, medians.
+* ``relay_nginx`` bench/relay_nginx.py (slow): `restream relay` (copy) vs nginx-rtmp `push` to 5 receivers: CPU
+                 and first media at the slowest receiver.
+* ``profile``    bench/profile_go.py (slow, needs py-spy): where the Python process's time goes while live; the
+                 top entries go into the document.
+* ``list``       bench/bench_list.py: `restream list`, `show` and `--help` wall time vs a bare `python -c pass`.
 * ``cpu``        bench/cpu.py (slow): whole-tree CPU of `restream go` vs the same ffmpeg argv by hand; 5 vs 1
                  destinations; peak RSS of the Python process.
 * ``relay_cpu``  bench/relay_cpu.py (slow): the slot relay's CPU vs the ffmpeg feeding it (5 slots x 6 Mbit/s).
@@ -84,15 +90,96 @@ def bench_list(fast: bool) -> dict:
 
 
 def parse_list(out: str) -> list[dict]:
-    m = re.search(r"median (\d+) ms, p90 (\d+) ms \| python -c pass: median (\d+) ms, p90 (\d+) ms \| ratio ([\d.]+)x",
-                  out)
-    if not m:
+    found = re.findall(r"restream (\S+) \(5 destinations.*?median (\d+) ms, p90 (\d+) ms \| python -c pass: median "
+                       r"(\d+) ms, p90 (\d+) ms \| ratio ([\d.]+)x", out)
+    if not found:
         raise RuntimeError(f"cannot read bench_list output: {out!r}")
-    med, p90, bmed, bp90, ratio = (float(g) for g in m.groups())
+    rows = []
+    for name, *figures in found:
+        med, p90, bmed, bp90, _ = (float(g) for g in figures)
+        rows.append(row(f"`restream {name}` (5 destinations) vs bare `python -c pass`, interleaved", med / bmed,
+                        f"median {med:.0f} ms (p90 {p90:.0f}) vs {bmed:.0f} ms (p90 {bp90:.0f})", "median <= 80 ms",
+                        med <= 80))
+    return rows
+
+
+# -- go_cpu: restream go vs the one-liner vs PyLivestream ----------------------------------------------------------
+
+def bench_go_cpu(fast: bool) -> dict:
+    argv = ["bench/go_cpu.py", "--seconds", "20", "--rounds", "3"]
+    return {"command": "python " + " ".join(argv), "rows": parse_go_cpu(run_script(argv, 3600))}
+
+
+def parse_go_cpu(out: str) -> list[dict]:
+    def grab(tag: str) -> re.Match:
+        m = re.search(rf"^{tag} restream ([\d.]+) s(?: \(Python ([\d.]+) s\))? vs [\w -]+? ([\d.]+) s: ratio ([\d.]+)",
+                      out, re.M)
+        if not m:
+            raise RuntimeError(f"cannot read bench/go_cpu.py output ({tag}): {out[-500:]!r}")
+        return m
+
+    g5, g1, pls = grab("GO5"), grab("GO1"), grab("PLS")
+    rounds = re.search(r"(\d+) rounds", out)
+    n = rounds.group(1) if rounds else "?"
+
+    def own(m: re.Match) -> str:
+        return (f"; if both ffmpegs had cost the same (ffmpeg varies more than that run to run): "
+                f"{1 + float(m.group(2)) / float(m.group(3)):.3f}x") if m.group(2) else ""
+
     return [
-        row("`restream list` (5 destinations) vs bare `python -c pass`, interleaved", med / bmed,
-            f"median {med:.0f} ms (p90 {p90:.0f}) vs {bmed:.0f} ms (p90 {bp90:.0f})", "list median <= 150 ms",
-            med <= 150)]
+        row("CPU: `restream go` (live view) vs the expert tee one-liner, 5 destinations, whole tree", float(g5.group(4)),
+            f"{g5.group(1)} s vs {g5.group(3)} s (20 s of 720p30 from a file, median of {n} rounds; restream's "
+            f"Python {g5.group(2)} s){own(g5)}", "<= 1.03x", float(g5.group(4)) <= 1.03),
+        row("CPU: `restream go` (live view) vs the one-liner, 1 destination, whole tree", float(g1.group(4)),
+            f"{g1.group(1)} s vs {g1.group(3)} s (median of {n}; restream's Python {g1.group(2)} s){own(g1)}",
+            "<= 1.02x", float(g1.group(4)) <= 1.02),
+        row("CPU: `restream go` vs PyLivestream 2.1.1 (one ffmpeg, plain tee, no isolation), 5 destinations, same "
+            "encoder options, whole tree", float(pls.group(4)), f"{pls.group(1)} s vs {pls.group(3)} s (median of {n})",
+            "< 1x", float(pls.group(4)) < 1),
+    ]
+
+
+# -- relay_nginx: restream relay vs nginx-rtmp push ----------------------------------------------------------------
+
+def bench_relay_nginx(fast: bool) -> dict:
+    argv = ["bench/relay_nginx.py", "--seconds", "20", "--rounds", "3"]
+    return {"command": "python " + " ".join(argv), "rows": parse_relay_nginx(run_script(argv, 1800))}
+
+
+def parse_relay_nginx(out: str) -> list[dict]:
+    c = re.search(r"^CPU restream relay ([\d.]+) s vs nginx push ([\d.]+) s: ratio ([\d.]+)", out, re.M)
+    f = re.search(r"^FIRST restream ([\d.infa]+) s vs nginx ([\d.infa]+) s", out, re.M)
+    if not (c and f):
+        raise RuntimeError(f"cannot read bench/relay_nginx.py output: {out[-500:]!r}")
+    rf, nf = float(f.group(1)), float(f.group(2))
+    return [
+        row("CPU: `restream relay` (copy) vs nginx-rtmp `push`, 1 publisher -> 5 x 3 Mbit/s, whole tree",
+            float(c.group(3)), f"{c.group(1)} s vs {c.group(2)} s (20 s, median of 3)", "<= 3x",
+            float(c.group(3)) <= 3),
+        row("first media at the slowest of 5 receivers after the publisher starts, `restream relay` vs nginx-rtmp",
+            rf / nf if nf else None, f"{rf:.2f} s vs {nf:.2f} s (median of 3)", "restream <= 1 s", rf <= 1.0),
+    ]
+
+
+# -- profile: py-spy top entries -----------------------------------------------------------------------------------
+
+def bench_profile(fast: bool) -> dict:
+    outs = []
+    old = os.environ.get("RESTREAM_BENCH_OLD_SRC")  # e.g. main's src/: its profile too, for a before/after
+    for extra in ([], ["--view"], *([["--old-src", old]] if old else [])):
+        argv = ["bench/profile_go.py", "--dest", "5", "--seconds", "20", *extra]
+        outs.append(run_script(argv, 600))
+    rows, profiles = [], []
+    for out in outs:
+        head = re.search(r"^PROFILE (.+?): .*Python busy ([\d.]+) % of a core", out, re.M)
+        if not head:
+            raise RuntimeError(f"cannot read bench/profile_go.py output: {out[-500:]!r}")
+        rows.append(row(f"Python process busy while live (py-spy), {head.group(1)}", None,
+                        f"{head.group(2)} % of a core"))
+        profiles.append({"what": head.group(1), "busy": float(head.group(2)),
+                         "entries": [ln.split("\t") for ln in out.splitlines() if ln.startswith(("self\t", "total\t"))]})
+    return {"command": "python bench/profile_go.py --dest 5 --seconds 20 [--view]", "rows": rows,
+            "profiles": profiles}
 
 
 # -- cpu ----------------------------------------------------------------------------------------------------------
@@ -521,6 +608,8 @@ def slate_rows(f: dict) -> list[dict]:
 # -- the document -------------------------------------------------------------------------------------------------
 
 BENCHES = [  # name, function, slow; in the order of the table
+    ("go_cpu", bench_go_cpu, True),
+    ("relay_nginx", bench_relay_nginx, True),
     ("cpu", bench_cpu, True),
     ("relay_vs_transcode", bench_relay_vs_transcode, True),
     ("groups", bench_groups, True),
@@ -528,6 +617,7 @@ BENCHES = [  # name, function, slow; in the order of the table
     ("faults", measure_faults, False),
     ("list", bench_list, False),
     ("slate", bench_slate, True),
+    ("profile", bench_profile, True),
 ]
 
 
@@ -568,6 +658,19 @@ def render(results: dict, soak: dict | None) -> str:
             met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
             lines.append(f"| {r['what']} | {fmt_ratio(r['ratio'])} | {r['detail']} | {r['target']} | {met} "
                          f"| `{res['command']}` ({res['date']}, load {res['load']}) |")
+    prof = (results.get("profile") or {}).get("profiles")
+    if prof:
+        lines += ["", f"## Profile of the Python process while live ({results['profile'].get('date', '?')})", "",
+                  f"`{results['profile']['command']}`, and `RESTREAM_BENCH_OLD_SRC=<main's src>` for the same on the "
+                  "code before issue 16. py-spy samples the Python process 200 times a second for 20 s; *self* is "
+                  "the function on top of the stack, *total* any restream/asyncio/rich frame on the stack (% of the "
+                  "samples taken while the process was busy).", ""]
+        for p in prof:
+            lines += [f"**{p['what']}**: Python busy {p['busy']:.1f} % of a core", "",
+                      "| kind | share | function |", "|---|---:|---|",
+                      *[f"| {k} | {v.strip()} | `{f}` |" for k, v, f in p["entries"] if k == "self"][:8],
+                      *[f"| {k} | {v.strip()} | `{f}` |" for k, v, f in p["entries"]
+                        if k == "total" and "restream/" in f and "cli.py" not in f and "__main__" not in f][:6], ""]
     if soak:
         s = soak
         rs, rc, m = s["rss"], s["reconnect"], s["machine"]
