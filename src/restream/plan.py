@@ -396,7 +396,7 @@ def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
                 "-f", "s16le", "-sample_rate", "48000", "-ch_layout", "stereo", "-thread_queue_size", "256",
                 "-i", f"pipe:{inp.raw.audio_fd}"]
     if inp.kind == "listen":  # relay mode: the ingest gate writes the verified publisher's stream as FLV to stdin
-        return ["-f", "flv", "-i", "pipe:0"]
+        return ["-fpsprobesize", "0", "-f", "flv", "-i", "pipe:0"]
     if inp.kind == "url":
         network = ["-rw_timeout", "10000000"] if re.match(r"(rtmps?|https?|tcp)://", inp.target or "") else []
         return [*network, "-i", inp.target or ""]
