@@ -5,8 +5,10 @@ connection the relay dials the destination assigned to slot ``i`` (TLS for rtmps
 verbatim, then passes the client->server chunks through as they are (``rtmp.ChunkRewriter``) except commands:
 ``connect`` gets the real app and tcUrl, ``releaseStream``/``FCPublish``/``publish``/``FCUnpublish`` the key for the
 placeholder stream name; rewritten commands (and what follows them on their chunk stream id until a fmt 0 header) are
-re-chunked. Server->client bytes pass through untouched; the relay only reads them to learn whether the publish was
-accepted.
+re-chunked. Server->client: the handshake passes through; then the relay announces its own chunk size to ffmpeg
+(``FFMPEG_CHUNK``: ffmpeg then sends its media in 4 KB chunks, not RTMP's default 128 bytes when the destination
+announces none) and re-chunks the destination's messages at that size, reading its commands to learn whether the
+publish was accepted.
 
 So no key is ever in ffmpeg's argv, every destination's true state and byte count are known here, and a slot can be
 re-pointed live (the current session is closed; ffmpeg's fifo reconnects within about a second).
@@ -56,6 +58,7 @@ RESUME_BYTES = 256 * 1024  # a stalled destination is live again when it drained
 DRAIN_S = 3.0             # once the stop began: how long a live destination may take to take its last bytes
 TAIL_S = 0.15             # a destination taken off its slot while live still gets what ffmpeg sent this long
 TICK_S = 0.5              # the watchdog's period
+FFMPEG_CHUNK = 4096       # the chunk size the relay announces to ffmpeg (so ffmpeg sends media in 4 KB chunks)
 FAILOVER_ATTEMPTS = 3     # failed sessions in a row on one ingest before its slot switches to the other one
 FAILOVER_AFTER_S = 5.0    # ... or this long without that ingest being live
 _ANSWERED_BY = {"connect": "connect", "createStream": "createStream", "publish": "publish"}
@@ -303,14 +306,19 @@ class _Publisher(_Side):
 
 
 class _Destination(_Side):
-    """destination -> ffmpeg: bytes untouched; a copy is parsed to follow the publish status."""
+    """destination -> ffmpeg: the handshake verbatim, then the relay's own Set Chunk Size (``FFMPEG_CHUNK``) and the
+    destination's messages re-chunked at that size (its own Set Chunk Size and Abort messages dropped). ffmpeg sends
+    with the chunk size its server announced (RTMP's default 128 bytes when none is): with ``FFMPEG_CHUNK`` it writes
+    each 4 KB of media in one chunk instead of 32, whatever the destination announces. Commands are read on the way to
+    follow the publish status."""
 
     def __init__(self, relay: "SlotRelay", sess: _Session) -> None:
         super().__init__()
         self.relay = relay
         self.sess = sess
         self.skip = 1 + 2 * rtmp.HANDSHAKE_SIZE
-        self.parser: rtmp.ChunkParser | None = rtmp.ChunkParser()
+        self.parser = rtmp.ChunkParser()
+        self.writer = rtmp.ChunkWriter()
 
     def _other(self) -> _Side | None:
         return self.sess.pub if self.sess is not None else None
@@ -326,25 +334,33 @@ class _Destination(_Side):
         if sess is None or sess.stopped:
             return
         pt = sess.pub.transport
-        if pt is not None:
-            pt.write(data)
-        parser = self.parser
-        if parser is None:
-            return
         if self.skip:
             n = min(self.skip, len(data))
             self.skip -= n
-            data = data[n:]
-            if not self.skip and sess.awaiting == "handshake":
-                sess.awaiting = None
+            head, data = data[:n], data[n:]
+            if not self.skip:
+                head += self.writer.write(rtmp.set_chunk_size_message(FFMPEG_CHUNK))
+                if sess.awaiting == "handshake":
+                    sess.awaiting = None
+            if pt is not None:
+                pt.write(head)
             if not data:
                 return
         try:
-            for m in parser.feed(data):
-                if m.type_id == rtmp.COMMAND_AMF0 or m.type_id == rtmp.COMMAND_AMF3:
-                    self.relay._observe(sess, m)
-        except rtmp.RtmpError:
-            self.parser = None  # stop watching; keep relaying
+            msgs = self.parser.feed(data)
+        except rtmp.RtmpError as exc:  # nothing can be passed on from here: ffmpeg reads what the relay chunks
+            sess.end("down", exc)
+            return
+        out = []
+        for m in msgs:
+            t = m.type_id
+            if t == rtmp.SET_CHUNK_SIZE or t == rtmp.ABORT:
+                continue  # the parser applied it; ffmpeg reads the relay's chunks, and aborted parts never reach it
+            if t == rtmp.COMMAND_AMF0 or t == rtmp.COMMAND_AMF3:
+                self.relay._observe(sess, m)
+            out.append(self.writer.write(m))
+        if out and pt is not None:
+            pt.write(b"".join(out))
 
     def eof_received(self) -> bool:
         if self.sess is not None:
