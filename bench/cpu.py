@@ -154,6 +154,27 @@ class Run:
 
 # -- the runs -------------------------------------------------------------------------------------------------------
 
+def terminal() -> tuple[int, int]:
+    """A pseudo-terminal of COLS x ROWS: (master, slave)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+    return master, slave
+
+
+def drain(master: int) -> None:
+    """Read and drop what the terminal shows, in a thread, until it closes (the bench does not emulate it)."""
+
+    def run() -> None:
+        while True:
+            try:
+                if not os.read(master, 1 << 16):
+                    return
+            except OSError:
+                return
+
+    threading.Thread(target=run, daemon=True).start()
+
+
 def _config(folder: Path, recs: list[Receiver]) -> dict[str, str]:
     env = {**os.environ, "RESTREAM_CONFIG_DIR": str(folder), "COLUMNS": str(COLS), "LINES": str(ROWS),
            "TERM": "xterm-256color"}
@@ -170,8 +191,7 @@ def run_restream(n: int, seconds: int, live_view: bool, tmp: Path) -> Run:
     argv = [sys.executable, "-m", "restream", "go", *GO, "--duration", f"{seconds}s"]
     master = None
     if live_view:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+        master, slave = terminal()
         io = dict(stdin=slave, stdout=slave, stderr=slave)
     else:
         argv += ["--plain", "--quiet"]
@@ -180,16 +200,7 @@ def run_restream(n: int, seconds: int, live_view: bool, tmp: Path) -> Run:
     proc = subprocess.Popen(argv, env=env, start_new_session=True, **io)
     if master is not None:
         os.close(slave)
-
-        def drain() -> None:
-            while True:
-                try:
-                    if not os.read(master, 1 << 16):
-                        return
-                except OSError:
-                    return
-
-        threading.Thread(target=drain, daemon=True).start()
+        drain(master)
 
     seen = {"probes": None, "children": 0.0, "hwm": None, "tee": None}
     stop = threading.Event()

@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import fcntl
 import os
-import pty
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
-import threading
 import time
 from pathlib import Path
 
@@ -57,20 +52,10 @@ def main() -> int:
         argv = [sys.executable, "-m", "restream", "go", "--test-pattern", "--size", "1280x720", "--fps", "30",
                 "--duration", f"{args.seconds + 6}s"]
         if args.view:
-            master, slave = pty.openpty()
-            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+            master, slave = cpu.terminal()
             proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
             os.close(slave)
-
-            def drain() -> None:
-                while True:
-                    try:
-                        if not os.read(master, 1 << 16):
-                            return
-                    except OSError:
-                        return
-
-            threading.Thread(target=drain, daemon=True).start()
+            cpu.drain(master)
         else:
             proc = subprocess.Popen([*argv, "--plain", "--quiet"], env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

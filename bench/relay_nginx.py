@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -39,19 +38,13 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from nginx import RTMP_MODULE, nginx_binary  # noqa: E402
 from support import FFMPEG, Receiver, free_port, wait_listening  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from relay_vs_transcode import make_clip  # noqa: E402  (the same clip, at 3000k here)
+
 TICK = os.sysconf("SC_CLK_TCK")
 KEY = "bench-ingest-key"
 DESTS = 5
 FIRST_BYTES = 8 * 1024
-
-
-def make_clip(path: Path, seconds: int) -> None:
-    subprocess.run(
-        [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
-         "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=f=440:r=48000",
-         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-b:v", "3000k", "-maxrate", "3000k",
-         "-bufsize", "6000k", "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-b:a", "160k", "-ac", "2", "-ar", "48000", "-f", "flv", "-y", str(path)], check=True)
 
 
 def _cpu(pid: int) -> float | None:
@@ -217,7 +210,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="restream-bench-") as tmp_s:
         tmp = Path(tmp_s)
         clip = tmp / "clip.flv"
-        make_clip(clip, args.seconds)
+        make_clip(clip, args.seconds, kbps=3000)
         for rnd in range(args.rounds):
             order = ["restream", "nginx"] if rnd % 2 == 0 else ["nginx", "restream"]
             for who in order:

@@ -45,12 +45,12 @@ KEY = "bench-ingest-key"
 DESTS = 5
 
 
-def make_clip(path: Path, seconds: int) -> None:
+def make_clip(path: Path, seconds: int, kbps: int = 4500) -> None:
     subprocess.run(
         [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error",
          "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=f=440:r=48000",
-         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-b:v", "4500k", "-maxrate", "4500k",
-         "-bufsize", "9000k", "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
+         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-b:v", f"{kbps}k", "-maxrate", f"{kbps}k",
+         "-bufsize", f"{2 * kbps}k", "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p",
          "-c:a", "aac", "-b:a", "160k", "-ac", "2", "-ar", "48000", "-f", "flv", "-y", str(path)],
         check=True)
 

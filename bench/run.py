@@ -658,6 +658,16 @@ def render(results: dict, soak: dict | None) -> str:
             met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
             lines.append(f"| {r['what']} | {fmt_ratio(r['ratio'])} | {r['detail']} | {r['target']} | {met} "
                          f"| `{res['command']}` ({res['date']}, load {res['load']}) |")
+    if "go_cpu" in results or "relay_nginx" in results:
+        lines += ["", "Reading the `go_cpu` and `relay_nginx` rows: every contender uses the same ffmpeg binary and input; "
+                  "CPU is user+sys of the whole process tree (`os.wait4`), medians of interleaved rounds. The receivers "
+                  "are `ffmpeg -listen 1`, which announce no RTMP chunk size: a plain ffmpeg publisher (the one-liner, "
+                  "PyLivestream, restream's ffmpeg before issue 16) then writes its media in 128-byte chunks, while "
+                  "restream's slot relay announces 4096 to its own ffmpeg. Real platforms' servers announce their own "
+                  "size (nginx-rtmp: 4096), which gives the one-liner the same saving, so part of restream's lead in "
+                  "`go_cpu` is this test set-up. The row's *if both ffmpegs had cost the same* figure (1 + restream's "
+                  "Python CPU / the one-liner's CPU) is what restream adds for certain. ffmpeg's own CPU varies by "
+                  "several percent between identical runs on this shared machine."]
     prof = (results.get("profile") or {}).get("profiles")
     if prof:
         lines += ["", f"## Profile of the Python process while live ({results['profile'].get('date', '?')})", "",
