@@ -51,12 +51,16 @@ def main() -> None:
         for args in commands.values():
             _wall_ms([*restream, *args], env)  # warm the page cache and compile the byte code
         _wall_ms([sys.executable, "-c", "pass"], env)
-        times: dict[str, list[float]] = {name: [] for name in [*commands, "bare"]}
+        _wall_ms([sys.executable, "-c", "import typer"], env)
+        times: dict[str, list[float]] = {name: [] for name in [*commands, "bare", "typer"]}
         for _ in range(n):
             for name, args in commands.items():
                 times[name].append(_wall_ms([*restream, *args], env))
             times["bare"].append(_wall_ms([sys.executable, "-c", "pass"], env))
+            times["typer"].append(_wall_ms([sys.executable, "-c", "import typer"], env))
     bmed, bp90 = statistics.median(times["bare"]), _p90(times["bare"])
+    print(f"floor: python -c 'import typer' (Typer and Click, which every command needs): median "
+          f"{statistics.median(times['typer']):.0f} ms, p90 {_p90(times['typer']):.0f} ms; load {os.getloadavg()[0]:.1f}")
     for name in commands:
         med, p90 = statistics.median(times[name]), _p90(times[name])
         print(f"restream {name} (5 destinations, N={n}, {os.cpu_count()} CPUs): median {med:.0f} ms, p90 {p90:.0f} ms "

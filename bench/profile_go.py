@@ -61,9 +61,11 @@ def main() -> int:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(4)
         raw = Path(tmp) / "spy.txt"
+        cpu_before, t_before = cpu._stat(proc.pid), time.monotonic()
         subprocess.run([spy, "record", "-p", str(proc.pid), "-d", str(args.seconds), "-r", str(RATE),
                         "--nonblocking", "-f", "raw", "-o", str(raw)], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
+        cpu_after, t_after = cpu._stat(proc.pid), time.monotonic()
         proc.wait()
         for r in recs:
             r.done()
@@ -79,8 +81,10 @@ def main() -> int:
                     incl[f] += int(n)
     possible = RATE * args.seconds
     what = f"{args.dest} destinations, {'live view' if args.view else '--plain --quiet'}"
-    print(f"PROFILE {what}: {total} samples of {possible}: Python busy {total / possible * 100:.1f} % of a core "
-          f"({args.seconds} s, py-spy {RATE} Hz{', src ' + str(args.old_src) if args.old_src else ''})")
+    used = (cpu_after[0] - cpu_before[0]) / (t_after - t_before) * 100 if cpu_before and cpu_after else float("nan")
+    print(f"PROFILE {what}: Python busy {used:.1f} % of a core (its utime+stime over the {args.seconds} s sampled); "
+          f"{total} samples of {possible} ({total / possible * 100:.1f} %: py-spy also counts a thread that is "
+          f"runnable but waiting for a CPU; py-spy {RATE} Hz{', src ' + str(args.old_src) if args.old_src else ''})")
     for label, counter in (("self", own), ("total", incl)):
         for f, n in counter.most_common(args.top):
             print(f"{label}\t{n / max(total, 1) * 100:5.1f}%\t{f}")
