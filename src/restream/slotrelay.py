@@ -160,7 +160,9 @@ class _Session:
         self.closing = True
         self.stopped = True
         for p in (self.pub, self.dest):
-            if p is not None and p.transport is not None:
+            # not once the socket is gone: asyncio's transport, closed with bytes still buffered and then drained,
+            # has dropped its loop without counting itself lost, and abort() raised (the session's end was lost)
+            if p is not None and p.transport is not None and not p.closed.done():
                 p.transport.abort()
 
 
@@ -587,7 +589,8 @@ class SlotRelay:
             pub.transport.abort()
         dest.transport.close()  # type: ignore[union-attr]  # after the buffer is sent
         loop = asyncio.get_running_loop()
-        loop.call_later(self.drain, lambda: dest.transport is not None and dest.transport.abort())
+        loop.call_later(self.drain, lambda: dest.transport is not None and not dest.closed.done()
+                        and dest.transport.abort())
 
     async def _watch(self) -> None:
         while True:
