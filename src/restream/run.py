@@ -124,20 +124,22 @@ class Slate:
     timeout: float | None = 600.0  # seconds on the slate before a clean end; None: never
 
 
-def _load_prctl():
-    """libc's prctl, resolved once, here, in the main thread at import: never in a forked child (a child of a
+def _libc(name: str):
+    """A libc function, resolved once, here, in the main thread at import: never in a forked child (a child of a
     process with threads must not dlopen: the loader's lock may be held by a thread that is not there anymore)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
 
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
 
 
-_PRCTL = _load_prctl()
+_PRCTL = _libc("prctl")
+_MALLOC_TRIM = _libc("malloc_trim")  # glibc: give freed heap memory back (a broadcast runs for hours)
+TRIM_INTERVAL_S = 60.0
 
 
 def die_with_parent() -> None:
@@ -831,8 +833,14 @@ class Broadcast:
                 self.emit(ev.Log(time.time(), "warning", f"profile change not applied: {problem}"))
 
     async def _traffic(self) -> None:
+        trimmed = time.monotonic()
         while True:
             await asyncio.sleep(TRAFFIC_INTERVAL_S)
+            if _MALLOC_TRIM is not None and time.monotonic() - trimmed >= TRIM_INTERVAL_S:
+                # what Python and the threads freed stays in the allocator's heaps otherwise: the process's memory
+                # crept up by megabytes an hour with every Python object flat (tracemalloc)
+                trimmed = time.monotonic()
+                _MALLOC_TRIM(0)
             names = {slot: name for name, slot in self.slot_of.items()}
             stats = [s for s in self.relay.stats() if s.slot in names]
             sent = tuple((names[s.slot], s.bytes_up) for s in stats)
