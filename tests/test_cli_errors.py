@@ -110,8 +110,13 @@ def test_an_unknown_destination_is_a_profile_error_everywhere(cli, two, args):
 def test_end_of_input_and_ctrl_c_at_the_key_prompt(config_dir, keystroke, code, message):
     import pexpect
 
+    import signal
+
+    # Ctrl-C as a terminal gives it: with SIGINT at its default in the child, whatever the suite was started from
+    # (a background job of a script ignores SIGINT, and its children inherit that: ^C would then do nothing)
     child = pexpect.spawn(sys.executable, ["-m", "restream", "add", "youtube"], env=dict(os.environ),
-                          encoding="utf-8", timeout=20)
+                          encoding="utf-8", timeout=20,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect("Stream key \\(input hidden\\): ")
     child.send(keystroke)
     child.expect(pexpect.EOF)
