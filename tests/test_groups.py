@@ -100,7 +100,7 @@ GOLDEN = {
                                      Encoding(copy=True),
                                      (Group(0, Encoding(copy=True), ("yt",)),
                                       Group(1, Encoding(video_bitrate_k=3000), ("tw",))), [
-        *HEAD, "-f", "flv", "-i", "pipe:0",
+        *HEAD, "-fpsprobesize", "0", "-f", "flv", "-i", "pipe:0",
         "-map", "0:v:0", "-map", "0:a:0?", "-map", "0:v:0", "-map", "0:a:0?",
         "-c:v:0", "copy", "-c:a:0", "copy", *x264(1, 3000, 0)[:16], "-force_key_frames:v:1",
         "expr:gte(t,n_forced*2)", *aac(1, 160), *TEE]),
