@@ -231,6 +231,7 @@ def test_relay_failover_after_3_attempts_and_no_flapping():
     asyncio.run(main())
 
 
+@timing
 def test_relay_failover_after_5s_without_the_primary_cuts_a_hanging_session():
     from restream.slotrelay import SlotRelay, Upstream
 
@@ -246,12 +247,13 @@ def test_relay_failover_after_5s_without_the_primary_cuts_a_hanging_session():
                                  backup_url=f"rtmp://127.0.0.1:{b_port}/live"))
         start = time.monotonic()
         hanging = asyncio.create_task(_attempt(relay, hold=5))
-        while not any(e.kind == "switched" for e in events) and time.monotonic() - start < 4:
+        while not any(e.kind == "switched" for e in events) and time.monotonic() - start < 10:
             await asyncio.sleep(0.05)
         took = time.monotonic() - start
         (switch,) = [e for e in events if e.kind == "switched"]
-        assert switch.ingest == "backup" and "not live for 1 s" in switch.error and 1.0 <= took <= 2.0, (switch, took)
-        while not any(e.kind == "disconnected" for e in events) and time.monotonic() - start < 4:
+        assert switch.ingest == "backup" and "not live for 1 s" in switch.error and took >= 1.0, (switch, took)
+        bound(took, 2.0, "failover after 1 s without the primary")  # (a bound on seconds: TimingError, see support)
+        while not any(e.kind == "disconnected" for e in events) and time.monotonic() - start < 10:
             await asyncio.sleep(0.05)
         cut = next(e for e in events if e.kind == "disconnected")
         assert cut.ingest == "primary" and "switching to the backup" in cut.error
