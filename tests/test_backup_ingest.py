@@ -232,6 +232,7 @@ def test_relay_failover_after_3_attempts_and_no_flapping():
 
 
 @timing
+@pytest.mark.e2e  # a black-hole server and the relay on loopback, against the clock
 def test_relay_failover_after_5s_without_the_primary_cuts_a_hanging_session():
     from restream.slotrelay import SlotRelay, Upstream
 
@@ -252,7 +253,7 @@ def test_relay_failover_after_5s_without_the_primary_cuts_a_hanging_session():
         took = time.monotonic() - start
         (switch,) = [e for e in events if e.kind == "switched"]
         assert switch.ingest == "backup" and "not live for 1 s" in switch.error and took >= 1.0, (switch, took)
-        bound(took, 2.0, "failover after 1 s without the primary")  # (a bound on seconds: TimingError, see support)
+        bound(took, 2.5, "failover after 1 s without the primary")  # (a bound on seconds: TimingError, see support)
         while not any(e.kind == "disconnected" for e in events) and time.monotonic() - start < 10:
             await asyncio.sleep(0.05)
         cut = next(e for e in events if e.kind == "disconnected")
