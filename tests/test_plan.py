@@ -55,7 +55,7 @@ GOLDEN = {
                                         Encoding(copy=True), None, (SLOT,), [
         *HEAD, "-re", "-i", "in.mp4", *MAP_AV, "-c", "copy", "-tag:a", "10", *TEE, SLOT_SPEC]),
     "relay listen+copy": (Input("listen"), Encoding(copy=True), None, (SLOT,), [
-        *HEAD, "-f", "flv", "-i", "pipe:0", *MAP_AV,
+        *HEAD, "-fpsprobesize", "0", "-f", "flv", "-i", "pipe:0", *MAP_AV,
         "-c", "copy", *TEE, SLOT_SPEC]),
     "file+size+fps+record mp4": (Input("file", "in.mp4", fps=25.0),
                                  Encoding(video_bitrate_k=300, audio_bitrate_k=64, size=(640, 360), fps=29.97), 1.5,

@@ -1357,11 +1357,14 @@ from restream import cli_ops  # noqa: E402  (doctor, check, schedule; cli_ops do
 cli_ops.register(app, exit_code_for)
 
 
+NEEDS_EVERY_COMMAND = ("schedule",)  # it checks the go command it is given against go's own options
+
+
 def _build_only_the_invoked_command(args: list[str]) -> None:
     """Start-up time: Typer builds a Click command for every registered one (~25 ms for twenty, most of it reading
     their signatures); when the first argument names a command, build just that one. Root help, errors and shell
     completion still see them all."""
-    if not args or "_RESTREAM_COMPLETE" in os.environ:
+    if not args or "_RESTREAM_COMPLETE" in os.environ or args[0] in NEEDS_EVERY_COMMAND:
         return
     commands = [c for c in app.registered_commands
                 if (c.name or typer.main.get_command_name(c.callback.__name__)) == args[0]]  # type: ignore
