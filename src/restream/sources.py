@@ -339,7 +339,8 @@ class SourceDesk:
         self._stopping = True
         if self.switcher is not None:
             self.switcher.stop()
-            await asyncio.to_thread(self.switcher.join, 2.0)
+            if self.switcher.started:
+                await asyncio.to_thread(self.switcher.join, 2.0)
         for s in self.sessions:
             s.kill()
             if s.raw is not None:
@@ -352,6 +353,7 @@ class SourceDesk:
         for fd in self._ends:
             os.close(fd)
         self._ends = []
-        if self.switcher is None and self._writers is not None:
-            for fd in self._writers:
+        if (self.switcher is None or not self.switcher.started) and self._writers is not None:
+            for fd in self._writers:  # (a started switcher closes its own)
                 os.close(fd)
+            self._writers = None

@@ -496,6 +496,10 @@ class Switcher:
     def current(self) -> RawSource | None:
         return self._current
 
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
     def start(self) -> None:
         self._thread.start()
 
