@@ -650,7 +650,7 @@ class Broadcast:
         if not self._hard and await self._until(END_GRACE_S, wake_on_hard=True):
             return
         if self.desk is not None:
-            pass
+            pass  # (its input already ended above: nothing more to ask before the signals)
         elif self.per_session and proc.stdin is not None:
             # relay mode: ffmpeg reads the publisher's FLV on stdin (and reads no "q"); the end of it ends ffmpeg.
             # Between publishers nothing is on air: ffmpeg then fails to open its input, as asked.
