@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -205,6 +206,23 @@ def test_audio_only_argv_black_and_cover():
         plan.build("ffmpeg", AUDIO_ONLY, Encoding(copy=True), (plan.record_slave("x.ts"),))
 
 
+def test_generated_tracks_end_with_the_file_when_its_length_is_known():
+    """Unpaced, the picture (or the silence) runs ahead of the -re file and -shortest let it overrun the sound by
+    over a second on a loaded machine: the generated input is cut at the file's probed length instead."""
+    known = Input("file", "talk.m4a", has_video=False, length=3.008)
+    a = " ".join(plan.build("ffmpeg", known, Encoding(fps=25), (plan.record_slave("x.mkv"),)).argv)
+    assert "-re -i talk.m4a -f lavfi -t 3.008 -i color=c=black:size=1280x720:rate=25 -map 1:v:0 -map 0:a:0 " \
+           "-shortest" in a
+    cover = replace(known, image="cover.png")
+    a = " ".join(plan.build("ffmpeg", cover, Encoding(), (plan.record_slave("x.mkv"),)).argv)
+    assert "-loop 1 -framerate 30 -t 3.008 -i cover.png" in a
+    silent = Input("file", "v.mp4", has_audio=False, fps=30.0, length=12.5)
+    a = " ".join(plan.build("ffmpeg", silent, Encoding(), (plan.record_slave("x.mkv"),)).argv)
+    assert "-f lavfi -t 12.5 -i anullsrc" in a
+    looped = replace(known, loop=True)  # a looped file never ends: nothing to cut at
+    assert "-t" not in plan.build("ffmpeg", looped, Encoding(), (plan.record_slave("x.mkv"),)).argv
+
+
 def test_video_only_argv_gets_silence_also_with_copy():
     silent = Input("file", "v.mp4", has_audio=False, fps=30.0)
     a = " ".join(plan.build("ffmpeg", silent, Encoding(), (plan.record_slave("x.mkv"),)).argv)
@@ -343,7 +361,7 @@ def test_an_audio_only_file_goes_out_with_a_picture(cli, tmp_path, media):
     for path in (r.out, tmp_path / "rec-default.mkv"):
         m = probe(path)
         assert (m.video_codec, m.audio_codec) == ("h264", "aac") and m.decodes, m
-        assert abs(m.duration - 3) <= 1.0, m
+        assert abs(m.duration - 3) <= 0.5, m  # the picture ends with the sound (it overran by 1.3 s under load)
     assert "summary recording: recorded" in proc.stdout
 
 

@@ -928,7 +928,7 @@ def _checked_broadcast(req: BroadcastRequest, session) -> int:
     if inp.kind == "file":
         info = discover.probe_input(ff.path, inp.target)
         inp = replace(inp, has_audio=info.has_audio, has_video=info.has_video, fps=info.fps,
-                      video_codec=info.video_codec, audio_codec=info.audio_codec)
+                      video_codec=info.video_codec, audio_codec=info.audio_codec, length=info.duration)
         input_duration = None if inp.loop else info.duration
         _complete_tracks(ff.path, inp, req.enc)
         if req.enc.copy and (info.video_codec not in (None, "h264") or info.audio_codec not in (None, "aac")):

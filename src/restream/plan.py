@@ -70,6 +70,7 @@ class Input:
     has_video: bool = True  # files: known from probing; an audio-only file goes out over a still picture
     image: str | None = None  # audio-only input: the still picture (--image), else black
     raw: Raw | None = None  # kind "switch": the frame switcher's pipes (--slate)
+    length: float | None = None  # files: the probed duration in seconds (None: unknown)
 
     @property
     def still(self) -> bool:
@@ -375,16 +376,19 @@ def input_args(inp: Input, enc: Encoding, font: str | None = None) -> list[str]:
         loop = ["-stream_loop", "-1"] if inp.loop else []
         args = ["-re", *loop, "-i", inp.target or ""]
         # generated tracks without -re: the file's -re paces the whole output (with -re on both, the output
-        # fell behind: 13 s of wall time for a 3 s file)
+        # fell behind: 13 s of wall time for a 3 s file). Unpaced, they run ahead, and -shortest alone let a 3 s
+        # file's picture run 0.7-1.3 s past its sound on a loaded machine; so they end with the file, when its
+        # length is known (-shortest still ends the broadcast with the file's own track)
+        made = ["-t", number(inp.length)] if inp.length and not inp.loop and (inp.still or inp.silence) else []
         if inp.still:
             fps = number(enc.fps or STILL_FPS)
             if inp.image:
-                args += ["-loop", "1", "-framerate", fps, "-i", inp.image]
+                args += ["-loop", "1", "-framerate", fps, *made, "-i", inp.image]
             else:
                 w, h = enc.size or STILL_SIZE
-                args += ["-f", "lavfi", "-i", f"color=c=black:size={w}x{h}:rate={fps}"]
+                args += ["-f", "lavfi", *made, "-i", f"color=c=black:size={w}x{h}:rate={fps}"]
         elif inp.silence:
-            args += ["-f", "lavfi", "-i", "anullsrc=channel_layout=stereo:sample_rate=48000"]
+            args += ["-f", "lavfi", *made, "-i", "anullsrc=channel_layout=stereo:sample_rate=48000"]
         return args
     if inp.kind == "stdin":
         return ["-i", "pipe:0"]
