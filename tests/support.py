@@ -105,11 +105,34 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def _serving(port: int, pid: int) -> bool:
+    """Process ``pid`` holds a socket bound to ``port`` that listens or has accepted a connection. An ``ffmpeg
+    -listen 1`` closes its listening socket as soon as it accepts one client, so a publisher that retries every
+    second (restream reconnecting to a restarted receiver) can take it between two polls: the port then never shows
+    LISTEN, yet the receiver is serving."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return False
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if (len(parts) > 9 and parts[3] in ("0A", "01") and int(parts[1].rsplit(":", 1)[1], 16) == port
+                    and f"socket:[{parts[9]}]" in inodes):
+                return True
+    return False
+
+
 def wait_listening(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    """Block until something LISTENs on ``port`` (read from /proc/net/tcp, without connecting)."""
+    """Block until something LISTENs on ``port`` (read from /proc/net/tcp, without connecting); with ``proc``,
+    until that process listens on it or has already accepted a connection on it (see ``_serving``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port in _listening_ports():
+        if port in _listening_ports() or (proc is not None and _serving(port, proc.pid)):
             return
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited ({proc.returncode}) before listening on {port}")
