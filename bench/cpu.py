@@ -149,10 +149,26 @@ class Run:
     ffmpeg: float | None = None
     probes: float | None = None
     hwm_kb: int | None = None
+    first: float | None = None  # launch -> media (8 KB) at the slowest receiver, s (None: not every one got any)
     notes: list[str] = field(default_factory=list)
 
 
 # -- the runs -------------------------------------------------------------------------------------------------------
+
+def first_media(recs: list[Receiver]):
+    """A started watcher of the receivers' sockets (bench/relay_nginx.py's ``FirstMedia``, no ingest): launch ->
+    each receiver's first 8 KB. Call it just before the contender is started."""
+    from relay_nginx import FirstMedia
+
+    watch = FirstMedia([r.port for r in recs], 0)
+    watch.start(time.monotonic())
+    return watch
+
+
+def _slowest(watch, recs: list[Receiver]) -> float | None:
+    watch.stop()
+    return max(watch.first.values()) if len(watch.first) == len(recs) else None
+
 
 def terminal() -> tuple[int, int]:
     """A pseudo-terminal of COLS x ROWS: (master, slave)."""
@@ -204,6 +220,7 @@ def run_restream(n: int, seconds: int, live_view: bool, tmp: Path) -> Run:
     else:
         argv += ["--plain", "--quiet"]
         io = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watch = first_media(recs)
     start = time.monotonic()
     proc = subprocess.Popen(argv, env=env, start_new_session=True, **io)
     if master is not None:
@@ -238,7 +255,8 @@ def run_restream(n: int, seconds: int, live_view: bool, tmp: Path) -> Run:
         os.close(master)
     for r in recs:
         r.done()
-    run = Run("restream, live view" if live_view else "restream, no view", n, total, wall, code, hwm_kb=seen["hwm"])
+    run = Run("restream, live view" if live_view else "restream, no view", n, total, wall, code, hwm_kb=seen["hwm"],
+              first=_slowest(watch, recs))
     if seen["probes"] is not None and seen["children"] > seen["probes"]:
         run.probes, run.ffmpeg = seen["probes"], seen["children"] - seen["probes"]
         run.python = total - seen["children"]
@@ -282,6 +300,7 @@ def run_by_hand(n: int, seconds: int, tmp: Path) -> Run:
     argv, recs = by_hand_argv(n, seconds, tmp)
     for r in recs:
         r.start()
+    watch = first_media(recs)
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -289,7 +308,7 @@ def run_by_hand(n: int, seconds: int, tmp: Path) -> Run:
     wall = time.monotonic() - start
     for r in recs:
         r.done()
-    return Run("ffmpeg by hand", n, total, wall, code, ffmpeg=total)
+    return Run("ffmpeg by hand", n, total, wall, code, ffmpeg=total, first=_slowest(watch, recs))
 
 
 # -- report ---------------------------------------------------------------------------------------------------------

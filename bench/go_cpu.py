@@ -15,7 +15,9 @@ serves every contender. Contenders, each run once per round, rounds interleaved;
   its own venv under the temp directory (``--pls-venv`` to reuse one). It insists on ffprobe, which the bundled
   ffmpeg lacks: a shim answers its one question (size and frame rate of the file) from ``ffmpeg -i``.
 
-CPU = user+sys of the process started and everything it reaped (``os.wait4``).
+CPU = user+sys of the process started and everything it reaped (``os.wait4``). First media (``LAUNCH5``): from the
+launch of the process to the slowest of the 5 receivers' sockets holding 8 KB (``ss -tin`` every 25 ms), restream vs
+the one-liner; restream's includes its start-up (imports, probes, the slot relay) before ffmpeg starts.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def main() -> None:
                     r = run_pylivestream(py, n, args.seconds, infile, tmp)
                 runs[(kind, n)].append(r)
                 print(f"round {rnd + 1}: {kind:8} {n} dest  exit {r.code}  cpu {r.total:6.2f} s  wall {r.wall:5.1f} s"
-                      f"  python {cpu.fmt(r.python)}", file=sys.stderr, flush=True)
+                      f"  python {cpu.fmt(r.python)}  first media {cpu.fmt(r.first)} s", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
     def med(kind: str, n: int, attr: str = "total") -> float:
@@ -143,6 +145,8 @@ def main() -> None:
     print(f"GO1 restream {r1:.2f} s (Python {med('restream', 1, 'python'):.2f} s) vs one-liner {h1:.2f} s: "
           f"ratio {r1 / h1:.3f}")
     print(f"PLS restream {r5:.2f} s vs PyLivestream {p5:.2f} s: ratio {r5 / p5:.3f}")
+    f5, fh5 = med("restream", 5, "first"), med("hand", 5, "first")
+    print(f"LAUNCH5 restream {f5:.2f} s vs one-liner {fh5:.2f} s: ratio {f5 / fh5:.3f}")
     print("runs: " + json.dumps({f"{k}{n}": [round(r.total, 2) for r in v] for (k, n), v in runs.items()}))
     print("exit codes: " + json.dumps({f"{k}{n}": [r.code for r in v] for (k, n), v in runs.items()}))
     print("command: python bench/go_cpu.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

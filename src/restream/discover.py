@@ -63,6 +63,9 @@ def locate(override: str | None = None) -> str:
         if not os.access(found, os.X_OK):
             raise FFmpegError(f"{found} is not executable")
         return found
+    bundled = _bundled()
+    if bundled:
+        return bundled
     try:
         import imageio_ffmpeg
 
@@ -74,6 +77,26 @@ def locate(override: str | None = None) -> str:
         raise FFmpegError(f"no ffmpeg: the bundled one is unavailable ({exc}) and none is on PATH") from None
 
 
+def _bundled() -> str | None:
+    """The binary in the imageio-ffmpeg wheel, found without importing the package (its import and its own trial
+    run of the binary cost ~80 ms of every start). None where its own rules may choose another (its
+    ``IMAGEIO_FFMPEG_EXE``, a wheel without a binary): ``imageio_ffmpeg.get_ffmpeg_exe()`` decides then."""
+    if os.environ.get("IMAGEIO_FFMPEG_EXE"):
+        return None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("imageio_ffmpeg")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        found = [f for f in sorted(Path(folder, "binaries").glob("ffmpeg-*"))
+                 if f.is_file() and os.access(f, os.X_OK)]
+        if len(found) == 1:
+            return str(found[0])
+    return None
+
+
 def _run(path: str, *args: str) -> str:
     try:
         res = subprocess.run([path, "-hide_banner", *args], capture_output=True, text=True, timeout=20,
@@ -83,14 +106,66 @@ def _run(path: str, *args: str) -> str:
     return res.stdout + res.stderr
 
 
+CACHE_FORMAT = 1
+
+
 @functools.cache
 def inspect(path: str) -> FFmpeg:
-    """Run the binary once per process and record its version and capabilities."""
+    """The binary's version and capabilities: five runs of it the first time, then read from the cache (keyed by
+    the binary's real path, size, mtime and inode, so a replaced binary is inspected again)."""
+    cached = _cache_file(path)
+    found = _read_cache(cached, path) if cached is not None else None
+    if found is not None:
+        return found
     version = parse_version(_run(path, "-version"))
     if version == "unknown":
         raise FFmpegError(f"{path} does not look like ffmpeg (no version line)")
-    return FFmpeg(path, version, parse_table(_run(path, "-muxers")), parse_protocols(_run(path, "-protocols")),
-                  parse_table(_run(path, "-encoders")), parse_table(_run(path, "-filters")))
+    ff = FFmpeg(path, version, parse_table(_run(path, "-muxers")), parse_protocols(_run(path, "-protocols")),
+                parse_table(_run(path, "-encoders")), parse_table(_run(path, "-filters")))
+    if cached is not None:
+        _write_cache(cached, ff)
+    return ff
+
+
+def _cache_file(path: str) -> Path | None:
+    import hashlib
+
+    from restream import paths
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = f"{CACHE_FORMAT}\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+    return paths.cache_dir() / f"ffmpeg-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _read_cache(file: Path, path: str) -> FFmpeg | None:
+    """What an earlier run learnt of this binary, or None (missing, unreadable, or not what this restream writes)."""
+    import json
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if data.get("format") != CACHE_FORMAT or not isinstance(data.get("version"), str):
+            return None
+        sets = [frozenset(str(x) for x in data[k]) for k in ("muxers", "protocols", "encoders", "filters")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return FFmpeg(path, data["version"], *sets)
+
+
+def _write_cache(file: Path, ff: FFmpeg) -> None:
+    """Best effort: a cache that cannot be written costs the next run five runs of ffmpeg, nothing else."""
+    import json
+
+    from restream.profile import atomic_write
+
+    data = {"format": CACHE_FORMAT, "version": ff.version, "muxers": sorted(ff.muxers),
+            "protocols": sorted(ff.protocols), "encoders": sorted(ff.encoders), "filters": sorted(ff.filters)}
+    try:
+        atomic_write(file, json.dumps(data), durable=False)
+    except OSError:
+        pass
 
 
 def require(override: str | None = None, protocols: tuple[str, ...] = (), encoders: tuple[str, ...] = (),

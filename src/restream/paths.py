@@ -18,6 +18,20 @@ def config_dir() -> Path:
     return Path(platformdirs.user_config_dir("restream"))
 
 
+def cache_dir() -> Path:
+    """What restream can always make again (what it learnt of an ffmpeg binary): ``RESTREAM_CACHE_DIR`` if set, else
+    inside ``RESTREAM_CONFIG_DIR`` if that is set (a throwaway config dir takes its cache with it), else the
+    platform's user cache directory."""
+    override = os.environ.get("RESTREAM_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get("RESTREAM_CONFIG_DIR"):
+        return config_dir() / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("restream"))
+
+
 def profiles_dir() -> Path:
     return config_dir() / "profiles"
 
