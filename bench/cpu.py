@@ -199,6 +199,7 @@ def _config(folder: Path, recs: list[Receiver]) -> dict[str, str]:
     # environment every run would compile the modules changed since their .pyc (~0.1 s of CPU charged to restream)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(folder.parent / "pycache")
+    env["RESTREAM_CACHE_DIR"] = str(folder.parent / "cache")  # what ffmpeg can do: learnt by the first run only
     import restream
 
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(restream.__file__).parent)], env=env,

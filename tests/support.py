@@ -60,8 +60,9 @@ def near(seconds: float, expected: float, within: float, what: str) -> float:
 _used_ports: set[int] = set()
 
 
-def _listening_ports() -> set[int]:
-    ports: set[int] = set()
+def _tcp_sockets() -> list[tuple[int, str, str]]:
+    """(local port, state in hex: 0A listen, 01 established, ..., inode) of every TCP socket on the host."""
+    rows = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(name).read_text().splitlines()[1:]
@@ -69,23 +70,17 @@ def _listening_ports() -> set[int]:
             continue
         for line in lines:
             parts = line.split()
-            if len(parts) > 3 and parts[3] == "0A":
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
+            if len(parts) > 9:
+                rows.append((int(parts[1].rsplit(":", 1)[1], 16), parts[3], parts[9]))
+    return rows
+
+
+def _listening_ports() -> set[int]:
+    return {port for port, state, _ in _tcp_sockets() if state == "0A"}
 
 
 def _all_tcp_ports() -> set[int]:
-    ports: set[int] = set()
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) > 2:
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
+    return {port for port, _, _ in _tcp_sockets()}
 
 
 def free_port() -> int:
@@ -111,20 +106,11 @@ def _serving(port: int, pid: int) -> bool:
     second (restream reconnecting to a restarted receiver) can take it between two polls: the port then never shows
     LISTEN, yet the receiver is serving."""
     try:
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     except OSError:
         return False
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if (len(parts) > 9 and parts[3] in ("0A", "01") and int(parts[1].rsplit(":", 1)[1], 16) == port
-                    and f"socket:[{parts[9]}]" in inodes):
-                return True
-    return False
+    return any(p == port and state in ("0A", "01") and f"socket:[{inode}]" in links
+               for p, state, inode in _tcp_sockets())
 
 
 def wait_listening(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
