@@ -98,8 +98,12 @@ def parse_list(out: str) -> list[dict]:
     rows = []
     for name, *figures in found:
         med, p90, bmed, bp90, _ = (float(g) for g in figures)
+        typer_path = re.search(rf"restream {re.escape(name)} \(5 destinations.*through the Typer app: median (\d+) ms",
+                               out)
         rows.append(row(f"`restream {name}` (5 destinations) vs bare `python -c pass`, interleaved", med / bmed,
                         f"median {med:.0f} ms (p90 {p90:.0f}) vs {bmed:.0f} ms (p90 {bp90:.0f})"
+                        + (f"; through the Typer app (before the fast path): {typer_path.group(1)} ms"
+                           if typer_path else "")
                         + (f"; `python -c 'import typer'` alone: {floor.group(1)} ms" if floor else ""),
                         "median <= 80 ms",
                         med <= 80))

@@ -9,7 +9,7 @@ returns the output as pieces ``(kind, text)``: ``"echo"`` a line for stdout (the
 
 from __future__ import annotations
 
-from restream import paths, platforms
+from restream import paths
 from restream import profile as prof
 from restream.redact import mask_url
 
@@ -83,6 +83,8 @@ def show_pieces(name: str, profile: str, as_json: bool, show_keys: bool) -> Piec
         import json
 
         return [("echo", json.dumps(row, ensure_ascii=False, indent=2))]
+    from restream import platforms
+
     preset = platforms.get(d.platform)
     row["key"] = row.pop("stream_key") or ({"file": "(read from its key file when going live)",
                                              "command": "(from its key command, run when going live)"}
