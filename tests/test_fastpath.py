@@ -167,6 +167,38 @@ def test_escape_sequences_in_a_profile_go_to_typer(env, config_dir):
     assert fast == typer_path
 
 
+@pytest.mark.parametrize("columns", [80, 60])
+def test_on_a_terminal(columns, env, config_dir):
+    """On a terminal (stdout and stderr one pty: their order shows) the two paths print the same."""
+    pexpect = pytest.importorskip("pexpect")
+    write_profile(config_dir, SIX_ON)
+    env = {k: v for k, v in env.items() if k != "COLUMNS"}
+
+    def on_a_pty(argv) -> tuple[int, bytes]:
+        child = pexpect.spawn(sys.executable, argv, env=env, dimensions=(24, columns), timeout=60)
+        child.expect(pexpect.EOF)
+        child.close()
+        return child.exitstatus, child.before
+
+    for args in (["list"], ["show", "d1"], ["--help"], []):
+        assert on_a_pty(["-m", "restream", *args]) == on_a_pty(["-c", TYPER_PATH, *args]), args
+
+
+@pytest.mark.parametrize("args", [["list"], ["show", "youtube"], ["--help"], ["-h"], [], ["show", "nope"]],
+                         ids=" ".join)
+def test_the_fast_path_imports_no_typer_click_rich_or_asyncio(args, env, config_dir):
+    write_profile(config_dir, SEVERAL)
+    script = ("import atexit, sys\n"
+              "def report():\n"
+              "    print('HEAVY', sorted(m for m in ('typer', 'click', 'rich', 'asyncio', 'ffmpeg', 'subprocess')"
+              " if m in sys.modules), file=sys.stderr)\n"
+              "atexit.register(report)\n"
+              "from restream.__main__ import main\n"
+              "main()\n")
+    code, _, err = _run(["-c", script], args, env)
+    assert err.decode().splitlines()[-1] == "HEAVY []"
+
+
 def render_root_help() -> str:
     """The root help as the Typer app prints it today, at 80 columns (the widest Click renders)."""
     env = {k: v for k, v in os.environ.items() if k not in ("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION",)}
@@ -185,6 +217,13 @@ def test_the_stored_root_help_is_what_click_renders():
     assert helptext.RENDERED_WITH == (("click", version("click")), ("typer", version("typer")))
 
 
+def _literal(text: str) -> str:
+    """A triple-quoted literal that reads like the help itself (repr() where that cannot be exact)."""
+    if "\\" in text or '"""' in text or text.endswith('"') or any(not c.isprintable() and c != "\n" for c in text):
+        return repr(text)
+    return '"""\\\n' + text + '"""'
+
+
 def write_help() -> None:
     from importlib.metadata import version
 
@@ -197,7 +236,7 @@ def write_help() -> None:
         'a terminal at least MIN_COLUMNS wide (Click wraps help to min(columns, 80) - 2)."""\n\n'
         f"RENDERED_WITH = (('click', {version('click')!r}), ('typer', {version('typer')!r}))\n"
         "MIN_COLUMNS = 80\n"
-        f"ROOT_HELP = {text!r}\n", encoding="utf-8")
+        f"ROOT_HELP = {_literal(text)}\n", encoding="utf-8")
     print(f"wrote {target}")
 
 

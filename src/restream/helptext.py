@@ -5,4 +5,43 @@ a terminal at least MIN_COLUMNS wide (Click wraps help to min(columns, 80) - 2).
 
 RENDERED_WITH = (('click', '8.5.1'), ('typer', '0.19.2'))
 MIN_COLUMNS = 80
-ROOT_HELP = "Usage: restream [OPTIONS] COMMAND [ARGS]...\n\n  Multistream one live input to up to five platforms with one ffmpeg: encode\n  once, fan out, self-heal.\n\n  Quick start:  restream demo   (local, touches nothing)\n\n    restream add youtube --key-stdin < yt.key\n\n    restream add twitch --key-env TWITCH_KEY\n\n    restream go video.mp4 --loop\n\nOptions:\n  --version             Print the version and exit.\n  --install-completion  Install completion for the current shell.\n  --show-completion     Show completion for the current shell, to copy it or\n                        customize the installation.\n  -h, --help            Show this message and exit.\n\nCommands:\n  add        Add a destination to the profile (optionally with its own...\n  list       List the profile's destinations (keys masked).\n  show       Show one destination (key masked).\n  edit       Change a destination's URL, key, name, backup ingest or its...\n  remove     Remove a destination.\n  enable     Switch a destination on (it goes live with the next broadcast).\n  disable    Switch a destination off without forgetting it.\n  platforms  List the platform presets and their limits.\n  profiles   List the profiles in the config directory.\n  export     Print the profile's destinations, for backup or api.video.\n  import     Add destinations from a file (TOML profile or api.video JSON).\n  go         Go live: encode once, send to every enabled destination (at...\n  demo       Try restream locally: three stand-in platforms on this...\n  relay      Relay: a local ingest for OBS or a hardware encoder, fanned...\n  status     Show the broadcast running on a profile (from another...\n  doctor     Check this machine: ffmpeg and its parts, config and profile...\n  check      Check that destinations are reachable (DNS, TCP, TLS, RTMP...\n  schedule   Schedule broadcasts with cron (one crontab line each, marked..."
+ROOT_HELP = """\
+Usage: restream [OPTIONS] COMMAND [ARGS]...
+
+  Multistream one live input to up to five platforms with one ffmpeg: encode
+  once, fan out, self-heal.
+
+  Quick start:  restream demo   (local, touches nothing)
+
+    restream add youtube --key-stdin < yt.key
+
+    restream add twitch --key-env TWITCH_KEY
+
+    restream go video.mp4 --loop
+
+Options:
+  --version             Print the version and exit.
+  --install-completion  Install completion for the current shell.
+  --show-completion     Show completion for the current shell, to copy it or
+                        customize the installation.
+  -h, --help            Show this message and exit.
+
+Commands:
+  add        Add a destination to the profile (optionally with its own...
+  list       List the profile's destinations (keys masked).
+  show       Show one destination (key masked).
+  edit       Change a destination's URL, key, name, backup ingest or its...
+  remove     Remove a destination.
+  enable     Switch a destination on (it goes live with the next broadcast).
+  disable    Switch a destination off without forgetting it.
+  platforms  List the platform presets and their limits.
+  profiles   List the profiles in the config directory.
+  export     Print the profile's destinations, for backup or api.video.
+  import     Add destinations from a file (TOML profile or api.video JSON).
+  go         Go live: encode once, send to every enabled destination (at...
+  demo       Try restream locally: three stand-in platforms on this...
+  relay      Relay: a local ingest for OBS or a hardware encoder, fanned...
+  status     Show the broadcast running on a profile (from another...
+  doctor     Check this machine: ffmpeg and its parts, config and profile...
+  check      Check that destinations are reachable (DNS, TCP, TLS, RTMP...
+  schedule   Schedule broadcasts with cron (one crontab line each, marked..."""
