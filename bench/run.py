@@ -675,6 +675,14 @@ def render(results: dict, soak: dict | None) -> str:
                   "`go_cpu` is this test set-up. The row's *if both ffmpegs had cost the same* figure (1 + restream's "
                   "Python CPU / the one-liner's CPU) is what restream adds for certain. ffmpeg's own CPU varies by "
                   "several percent between identical runs on this shared machine."]
+    if "list" in results:
+        lines += ["", "Reading the `list`/`show`/`--help` rows: `restream` is the installed console script. Since issue 16 "
+                  "these three command lines are answered by `src/restream/fastpath.py` without importing Typer, Click "
+                  "or Rich (anything else, and anything it does not recognise exactly, goes to the Typer app); *through "
+                  "the Typer app* times the same command lines through `restream.cli.main` in the same rounds. What "
+                  "`list` and `show` still add over `python -c pass` is mostly the standard library that reading a "
+                  "profile needs (`python -X importtime`): `tomllib` with `typing`, `datetime` and its regular "
+                  "expressions, `dataclasses` with `inspect`, `pathlib` and `urllib.parse`."]
     prof = (results.get("profile") or {}).get("profiles")
     if prof:
         lines += ["", f"## Profile of the Python process while live ({results['profile'].get('date', '?')})", "",
