@@ -682,7 +682,9 @@ def render(results: dict, soak: dict | None) -> str:
                   "the Typer app* times the same command lines through `restream.cli.main` in the same rounds. What "
                   "`list` and `show` still add over `python -c pass` is mostly the standard library that reading a "
                   "profile needs (`python -X importtime`): `tomllib` with `typing`, `datetime` and its regular "
-                  "expressions, `dataclasses` with `inspect`, `pathlib` and `urllib.parse`."]
+                  "expressions, `dataclasses` with `inspect`, `pathlib` and `urllib.parse`. These milliseconds move with the "
+                  "other work on this shared machine by a fifth or more between runs an hour apart (`python -c 'import "
+                  "typer'` moves with them); the ratio to `python -c pass` moves less."]
     prof = (results.get("profile") or {}).get("profiles")
     if prof:
         lines += ["", f"## Profile of the Python process while live ({results['profile'].get('date', '?')})", "",
