@@ -1,3 +1,19 @@
-from restream.cli import main
+"""The entry point of `restream` and `python -m restream`: the fast path first (list, show and the root help
+without Typer: fastpath.py), else the Typer app (cli.py)."""
 
-main()
+import sys
+
+
+def main() -> None:
+    from restream.fastpath import serve
+
+    code = serve(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from restream.cli import main as typer_main
+
+    typer_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,37 +16,30 @@ import typer.core
 # Help as Click prints it: Typer's Rich help would import Rich (~60 ms) for every --help and every option error.
 typer.core.HAS_RICH = False
 
-from restream import __version__, paths, platforms
+from restream import __version__, listing, paths, platforms
 from restream import profile as prof
 from restream.redact import mask_url, url_secrets
 from restream.errors import (
     BroadcastError,
-    BusyError,
-    FFmpegError,
     InputError,
-    ProfileError,
     RestreamError,
     UsageError,
 )
 
-# Exit codes (documented in the README; nowhere else maps errors to codes).
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_PROFILE = 3
-EXIT_FFMPEG = 4
-EXIT_BROADCAST = 5
-EXIT_BUSY = 6
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
-
-
-def exit_code_for(exc: RestreamError) -> int:
-    for cls, code in ((UsageError, EXIT_USAGE), (ProfileError, EXIT_PROFILE), (FFmpegError, EXIT_FFMPEG),
-                      (BroadcastError, EXIT_BROADCAST), (BusyError, EXIT_BUSY)):
-        if isinstance(exc, cls):
-            return code
-    return EXIT_BROADCAST
+# Exit codes (documented in the README) and the one mapping from errors to them live in exits.py (the fast path
+# exits the same way without importing this module); re-exported here.
+from restream.exits import (  # noqa: E402,F401
+    EXIT_BROADCAST,
+    EXIT_BUSY,
+    EXIT_FFMPEG,
+    EXIT_OK,
+    EXIT_PROFILE,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    exit_code_for,
+)
 
 
 class _Group(typer.core.TyperGroup):
@@ -267,7 +260,7 @@ def _profile_name(name: str) -> str:
 
 def _load_existing(name: str) -> prof.Profile:
     """Reading commands: the default profile may be empty; any other must exist."""
-    return prof.load(_profile_name(name), must_exist=name != paths.DEFAULT_PROFILE)
+    return listing.load_existing(name)
 
 
 def _edit(profile: str, change):
@@ -501,76 +494,28 @@ def _warn_srt_key(d: prof.Destination) -> None:
              "never appear there")
 
 
-def _dest_dict(d: prof.Destination, show_keys: bool) -> dict:
-    key = d.stream_key if show_keys else prof.mask_key(d.stream_key)
-    out = {"name": d.name, "server_url": d.server_url if show_keys else mask_url(d.server_url), "stream_key": key or None,
-           "stream_key_env": d.stream_key_env, "enabled": d.enabled, "platform": d.platform}
-    source = d.key_source()
-    out["key_source"] = "env" if source.startswith("$") else source
-    if show_keys:  # where the key is read from (never what it reads): only with --show-keys
-        if d.stream_key_file:
-            out["stream_key_file"] = d.stream_key_file
-        if d.stream_key_cmd:
-            out["stream_key_cmd"] = list(d.stream_key_cmd)
-    if d.ca_file:
-        out["ca_file"] = d.ca_file
-    if d.encoding():
-        out["encoding"] = d.encoding()
-    if d.backup_url:
-        out["backup_url"] = d.backup_url if show_keys else mask_url(d.backup_url)
-        out["backup"] = d.backup_mode
-    return out
+def _emit(pieces: listing.Pieces) -> None:
+    """Print what ``listing`` made: lines with ``typer.echo``, the table as it is, warnings on stderr."""
+    for kind, text in pieces:
+        if kind == "write":
+            sys.stdout.write(text)
+        elif kind == "warn":
+            warn(text)
+        else:
+            typer.echo(text)
 
 
 @command("list", epilog="Examples:\n\n  restream list\n\n  restream list --json -p events")
 def list_cmd(profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = False, show_keys: ShowKeys = False) -> None:
     """List the profile's destinations (keys masked)."""
-    p = _load_existing(profile)
-    rows = [_dest_dict(d, show_keys) for d in p.destinations]
-    if as_json:
-        typer.echo(json.dumps({"profile": p.name, "destinations": rows}, ensure_ascii=False, indent=2))
-        return
-    if not rows:
-        typer.echo(f"profile {p.name!r} has no destinations yet. Add one: restream add youtube --key-stdin")
-        return
-    from restream.tables import table
-
-    columns = [("NAME", "name"), ("ON", "enabled"), ("SERVER URL", "server_url"), ("KEY", "key")]
-    if any(d.encoding() for d in p.destinations):
-        columns.append(("ENCODING", "encoding"))
-    if any(r.get("backup_url") for r in rows):
-        columns.append(("BACKUP", "backup"))
-    table(columns,
-          [{**r, "enabled": "yes" if r["enabled"] else "no", "encoding": d.describe_encoding(),
-            "key": r["stream_key"] or (f"${r['stream_key_env']}" if r["stream_key_env"] else
-                                       r["key_source"] if r["key_source"] in ("file", "command") else "-"),
-            "backup": "-" if not r.get("backup_url") else r["backup"]}
-           for r, d in zip(rows, p.destinations)],
-          title=f"profile {p.name} ({p.path})")
-    live = len(p.enabled())
-    if live > prof.MAX_LIVE:
-        warn(f"{live} destinations are enabled; at most {prof.MAX_LIVE} can go live at once (use --only/--skip)")
+    _emit(listing.list_pieces(profile, as_json, show_keys))  # also served without Typer: fastpath.py
 
 
 @command("show", epilog="Example:\n\n  restream show youtube --show-keys")
 def show_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE, as_json: JsonOpt = False,
              show_keys: ShowKeys = False) -> None:
     """Show one destination (key masked)."""
-    d = _load_existing(profile).get(name)
-    row = _dest_dict(d, show_keys)
-    if as_json:
-        typer.echo(json.dumps(row, ensure_ascii=False, indent=2))
-        return
-    preset = platforms.get(d.platform)
-    row["key"] = row.pop("stream_key") or ({"file": "(read from its key file when going live)",
-                                             "command": "(from its key command, run when going live)"}
-                                            .get(row["key_source"], "-"))
-    row["enabled"] = "yes" if d.enabled else "no"
-    row["platform"] = preset.title if preset else (d.platform or "-")
-    row["encoding"] = d.describe_encoding() if d.encoding() else "the broadcast's"
-    width = max(map(len, row))
-    for k, v in row.items():
-        typer.echo(f"{k:<{width}}  {v if v is not None else '-'}")
+    _emit(listing.show_pieces(name, profile, as_json, show_keys))  # also served without Typer: fastpath.py
 
 
 @command("edit", epilog="Examples:\n\n  restream edit youtube --key-stdin < new.key\n\n"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -448,6 +447,8 @@ def atomic_write(path: Path, text: str, durable: bool = True) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never a part (mode 0600).
     ``durable``: also survive a power cut (fsync the file and its directory); a file rewritten every second that
     means nothing after a reboot (the running broadcast's status) does without."""
+    import tempfile  # here: the reading commands (list, show) start faster without it
+
     _ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
