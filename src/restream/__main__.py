@@ -7,7 +7,11 @@ import sys
 def main() -> None:
     from restream.fastpath import serve
 
-    code = serve(sys.argv[1:])
+    try:
+        code = serve(sys.argv[1:])
+    except KeyboardInterrupt:  # as the Typer app ends on Ctrl-C: an empty line, exit 130
+        sys.stderr.write("\n")
+        sys.exit(130)
     if code is not None:
         sys.exit(code)
     from restream.cli import main as typer_main
