@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from restream import pacing, rtmp
 
@@ -206,12 +207,49 @@ def server_handshake(c0c1: bytes, now_ms: int | None = None) -> bytes:
 
 # -- the gate --------------------------------------------------------------------------------------------------------
 
-Sink = asyncio.StreamWriter
+class FlvSink:
+    """A sink that is an ffmpeg's stdin: the publisher's messages as an FLV stream (``flv_header``, ``flv_tags``)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.header_sent = False
+
+    def messages(self, msgs: list[rtmp.Message]) -> None:
+        tags = []
+        for msg in msgs:
+            tag = flv_tags(msg)
+            if tag and not self.header_sent:
+                self.header_sent = True
+                tags.append(flv_header(msg if msg.type_id != 22 else rtmp.Message(0, 0, tag[0], 0, tag[11:-4])))
+            tags.append(tag)
+        if tags:
+            self.writer.write(b"".join(tags))
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MessageSink(Protocol):
+    """Where a verified publisher's media goes: ``messages`` takes its audio, video and data messages in order."""
+
+    def messages(self, msgs: list[rtmp.Message]) -> None: ...
+    def is_closing(self) -> bool: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+Sink = MessageSink | asyncio.StreamWriter  # a StreamWriter (an ffmpeg's stdin) is wrapped in an FlvSink
 
 
 class IngestGate:
     def __init__(self, host: str, port: int, app: str, key: str, on_event: Callable[[IngestEvent], None],
-                 sink: Callable[[], Awaitable[Sink]] | None = None, take_over_after: float | None = None) -> None:
+                 sink: Callable[[], Awaitable[Sink | None]] | None = None, take_over_after: float | None = None) -> None:
         self.host, self.port, self.app, self.key = host, port, app.strip("/"), key
         self.on_event = on_event
         self.sink = sink  # ffmpeg's input for the next verified publisher (waits while ffmpeg restarts)
@@ -276,12 +314,13 @@ class IngestGate:
         task = asyncio.current_task()
         if task is not None:
             self._live = (who, session, task)
-        sink: Sink | None = None
+        sink: MessageSink | None = None
         try:
             try:
-                sink = await asyncio.wait_for(self.sink(), SINK_TIMEOUT_S) if self.sink else None
+                got = await asyncio.wait_for(self.sink(), SINK_TIMEOUT_S) if self.sink else None
             except TimeoutError:
-                sink = None
+                got = None
+            sink = FlvSink(got) if isinstance(got, asyncio.StreamWriter) else got
             if sink is None:
                 self.on_event(IngestEvent("rejected", who, "restream's ffmpeg is not ready"))
                 return
@@ -296,7 +335,8 @@ class IngestGate:
             self._live = None
             if sink is not None:
                 try:
-                    sink.close()  # the end of ffmpeg's input: it finishes, and restream starts the next one
+                    sink.close()  # the end of ffmpeg's input (it finishes, restream starts the next one), or of the
+                    #               native fan-out's session (each destination ends its stream in order)
                 except Exception:
                     pass
         if session.unpublished:  # (the gate is free for the next publisher meanwhile)
@@ -329,7 +369,6 @@ class _Session:
         self.received = 0
         self.acked = 0
         self.publish_msg: rtmp.Message | None = None
-        self.header_sent = False
         self.last_data = time.monotonic()
         self.unpublished = False  # the publisher said it is done (FCUnpublish, deleteStream)
         self.pacer: pacing.Pacer | None = None  # while streaming: read in batches
@@ -394,8 +433,8 @@ class _Session:
                 self._send(replies(msg))
             await self.writer.drain()
 
-    async def stream(self, after: list[rtmp.Message], sink: Sink) -> None:
-        """Answer the verified ``publish``, then pass the publisher's media to ffmpeg as FLV until it leaves."""
+    async def stream(self, after: list[rtmp.Message], sink: MessageSink) -> None:
+        """Answer the verified ``publish``, then pass the publisher's media to the sink until it leaves."""
         assert self.publish_msg is not None
         self._send(replies(self.publish_msg))
         await self.writer.drain()
@@ -421,18 +460,14 @@ class _Session:
         except (TimeoutError, ConnectionError, rtmp.RtmpError):
             pass
 
-    def _forward(self, msgs: list[rtmp.Message], sink: Sink) -> bool:
-        """Write the media of ``msgs``; True once the publisher said it is done (FCUnpublish, deleteStream)."""
-        tags = []
+    def _forward(self, msgs: list[rtmp.Message], sink: MessageSink) -> bool:
+        """Pass the media of ``msgs`` on; True once the publisher said it is done (FCUnpublish, deleteStream)."""
+        media = []
         done = False
         for msg in msgs:
             t = msg.type_id
             if t == rtmp.AUDIO or t == rtmp.VIDEO or t == rtmp.DATA_AMF0 or t == rtmp.DATA_AMF3 or t == 22:
-                tag = flv_tags(msg)
-                if tag and not self.header_sent:
-                    self.header_sent = True
-                    tags.append(flv_header(msg if t != 22 else rtmp.Message(0, 0, tag[0], 0, tag[11:-4])))
-                tags.append(tag)
+                media.append(msg)
             elif t == rtmp.WINDOW_ACK_SIZE and len(msg.payload) >= 4:
                 self.window = max(1, struct.unpack_from(">I", msg.payload)[0])
             elif t == rtmp.COMMAND_AMF0 or t == rtmp.COMMAND_AMF3:
@@ -440,10 +475,10 @@ class _Session:
                 self._send(replies(msg))
                 if name in ("FCUnpublish", "deleteStream", "closeStream"):
                     done = True
-        if tags:
+        if media:
             if sink.is_closing():  # restream is stopping (it closed ffmpeg's input) or ffmpeg is gone
-                raise ConnectionResetError("restream's ffmpeg stopped reading")
-            sink.write(b"".join(tags))
+                raise ConnectionResetError("restream stopped reading")
+            sink.messages(media)
         return done
 
 

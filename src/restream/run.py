@@ -116,6 +116,17 @@ def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | 
     return tuple(slaves), slot_of, relay_slots
 
 
+def relay_native(relay_mode: bool, enc: plan.Encoding, targets: list[Target], record: str | None,
+                 slate: bool) -> bool:
+    """Pure: relay mode fans the publisher's messages out itself, with no ffmpeg on the path (``fanout``), when it
+    copies (no --transcode, no --slate), records nothing, and every destination is RTMP(S) and takes the
+    broadcast's copy (one encode group: no destination with its own encoding). Anything else runs today's ffmpeg."""
+    if not relay_mode or not enc.copy or slate or record or not all(t.via_relay for t in targets):
+        return False
+    groups = encode_groups(targets, enc)
+    return len(groups) == 1 and groups[0].enc.copy and not groups[0].enc.crop
+
+
 @dataclass(frozen=True)
 class Slate:
     """--slate: what to show while no source delivers (None: restream's card), and how long before the end."""
@@ -226,6 +237,9 @@ class Broadcast:
         self._poke_slate = asyncio.Event()  # the source's state changed
         self.desk = None  # --slate: the sources.SourceDesk (made in run)
         self._pass_fds: tuple[int, ...] = ()
+        self.native = False  # relay mode's native fan-out (``relay_native``; decided when the run starts)
+        self._fan = None  # ... the open publisher session (a fanout.Feed)
+        self._feed_over: asyncio.Event | None = None
 
     @property
     def per_session(self) -> bool:
@@ -279,7 +293,8 @@ class Broadcast:
         targets = list(self.targets.values())
         self.groups = encode_groups(targets, self.enc)
         self.slot_group = slot_groups(targets, self.groups)
-        slaves, self.slot_of, self.relay_slots = layout(targets, self.relay.slave_url, self.record, self.groups)
+        url = (lambda i: "") if self.native else self.relay.slave_url  # native: no ffmpeg, no slave
+        slaves, self.slot_of, self.relay_slots = layout(targets, url, self.record, self.groups)
         self.record_index = len(slaves) - 1 if self.record else None
         return slaves
 
@@ -397,7 +412,9 @@ class Broadcast:
         self._poke = asyncio.Event()
         # the gate is set by now; with --slate the destinations wait for the first source, then stay published
         self.life = lifecycle.initial(list(self.targets), relay=self.gate is not None or self.slate is not None)
-        await self.relay.start()
+        self.native = relay_native(self.gate is not None, self.enc, list(self.targets.values()), self.record,
+                                   self.slate is not None)
+        await self.relay.start(listen=not self.native)
         self.relay.on_intruder = self._intruder
         self.relay.allow_only(None)  # only the ffmpeg about to start may publish to the slots (PID given below)
         background: list[asyncio.Task] = []
@@ -405,12 +422,13 @@ class Broadcast:
         try:
             slaves = self._slaves()
             self._quiet_ports = {str(p) for p in self.relay.ports}
-            p = plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration, self.queue_size, self.font,
-                           groups=self.groups)
+            p = None if self.native else plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration,
+                                                    self.queue_size, self.font, groups=self.groups)
             if self.slate is not None:
                 self.desk = self._make_desk()
             if self.gate is not None:
-                self.gate.sink = self.ingest_input if self.desk is None else self._feed_sink
+                self.gate.sink = self._native_sink if self.native else \
+                    self.ingest_input if self.desk is None else self._feed_sink
                 try:
                     await self.gate.start()
                 except OSError as exc:
@@ -427,6 +445,12 @@ class Broadcast:
                 background.append(asyncio.create_task(self._watch()))
             if self.slate is not None:
                 return self._finish(await self._slate_broadcast(background))
+            if self.native:
+                await self._native_session(first=True)
+                while not self._stop.is_set():
+                    await self._native_session(first=False)
+                return self._finish(0)
+            assert p is not None
             rc = await self._session(p.argv, first=True)
             while self.per_session and not self._stop.is_set():
                 self._codec_checked = False
@@ -572,6 +596,79 @@ class Broadcast:
             self._feed(lifecycle.SessionEnd())
             self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
         return rc
+
+    # -- relay mode's native fan-out ----------------------------------------------------------------------------
+
+    async def _native_session(self, first: bool) -> None:
+        """One publisher session without ffmpeg: the next verified publisher's messages go to every destination
+        (``fanout.Feed``); it ends when the publisher leaves or the stop begins, then the destinations drain."""
+        self.relay.end_stop()
+        self._feed_over = asyncio.Event()
+        if first:
+            self._started_at = time.time()
+            self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, None,
+                                 tuple((t.name, t.server_url) for t in self.targets.values())))
+            for d in self.life.dests:
+                self.emit(ev.DestState(time.time(), d.name, d.state))
+            if self.on_ready is not None:
+                self.on_ready()
+        else:
+            self.emit(ev.NewSession(time.time(), None))
+        self._input_ready.set()
+        progress = asyncio.create_task(self._native_progress())
+        stop = asyncio.ensure_future(self._stop.wait())
+        over = asyncio.ensure_future(self._feed_over.wait())
+        try:
+            await asyncio.wait([stop, over], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            over.cancel()
+            progress.cancel()
+        self._input_ready.clear()
+        if self._fan is not None:
+            self._fan.close()  # the stop began while a publisher was live: each destination ends its stream
+        # the last bytes reach the destinations (and who would not take them is named) before any verdict
+        await self.relay.settle()
+        if self.life.phase == "running" and not self._stop.is_set():
+            self._feed(lifecycle.SessionEnd())
+            self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
+
+    async def _native_progress(self) -> None:
+        """What ffmpeg's -progress said on the ffmpeg path (every 0.5 s): frames, rate and stream time sent."""
+        last: tuple[float, int, float] | None = None  # (monotonic, frames, stream time) at the previous report
+        while True:
+            await asyncio.sleep(0.5)
+            fan = self._fan
+            if fan is None or not fan.frames and not fan.last_ts:
+                continue
+            now, t = time.monotonic(), fan.last_ts / 1000.0
+            fps = speed = None
+            if last is not None and now > last[0] and fan.frames >= last[1]:
+                fps = round((fan.frames - last[1]) / (now - last[0]), 2)
+                speed = round(max(0.0, t - last[2]) / (now - last[0]), 3)
+            last = (now, fan.frames, t)
+            self.emit(ev.Progress(time.time(), frame=fan.frames, fps=fps, out_time_s=t, speed=speed))
+
+    async def _native_sink(self):
+        """The gate's sink for the next verified publisher: a new fan-out of its messages (None: stopping)."""
+        from restream import fanout
+
+        await self._input_ready.wait()
+        self._input_ready.clear()
+        if self._stop.is_set():
+            return None
+        over = self._feed_over
+
+        def closed() -> None:
+            self._fan = None
+            if over is not None:
+                over.set()
+
+        self._fan = fanout.Feed(self.relay, on_close=closed, warn=self._warn_codec)
+        return self._fan
+
+    def _warn_codec(self, text: str) -> None:
+        self.emit(ev.Log(time.time(), "warning", text))
 
     async def ingest_input(self) -> asyncio.StreamWriter:
         """Relay mode: the waiting ffmpeg's stdin (it reads FLV there), for the next verified publisher; waits while
