@@ -532,9 +532,10 @@ class _Leg:
             m = heads.get(kind)
             if m is not None:
                 self._send(rtmp.Message(m.csid, m.timestamp, m.type_id, self.stream_id, m.payload))
-        parts = [w for m, kind, wire in self.sess.backlog() if (w := self.take(m, kind, wire))]
-        if parts:
-            self._write(b"".join(parts))
+        backlog = self.sess.backlog()  # from a keyframe (or the session's start) by construction: all of it
+        if backlog:
+            self.need_key = False
+            self._write(b"".join(wire.get(self.stream_id, self.out.chunk_size) for _, _, wire in backlog))
 
     def media(self, m: rtmp.Message, kind: str | None) -> None:
         """One media message of the source: written now, or dropped (not live, overflowing, waiting for a

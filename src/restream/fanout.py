@@ -111,11 +111,13 @@ class Feed:
         self.retime = Retimer()
         self.frames = 0  # video frames passed on (decoder configurations not counted)
         self.last_ts = 0  # the latest media timestamp (ms, from the session's start)
-        # the media since the latest keyframe (audio only: since the start), what a destination that goes live
-        # gets first: so a destination that connects after the publisher started (all of them, at the start of a
-        # session: ~0.3 s later) misses nothing, and one that reconnects starts at once on a keyframe
+        # the media since the latest keyframe (before the first one: the audio and data since the start), what a
+        # destination that goes live gets first: so a destination that connects after the publisher started (all
+        # of them, at the start of a session: ~0.3 s later) misses nothing, and one that reconnects starts at once
+        # on a keyframe
         self.gop: dualingest.Media = []
         self.gop_bytes = 0
+        self.keyed = False  # a keyframe came in this session
         self._checked: set[int] = set()  # message types whose codec was checked
         relay.feed = self
         for slot, up in enumerate(relay._assigned):
@@ -170,9 +172,11 @@ class Feed:
     def _keep(self, item: tuple) -> None:
         m = item[0]
         if m.type_id == rtmp.VIDEO and dualingest.is_keyframe(m):
-            self.gop, self.gop_bytes = [], 0
-        elif self.gop_bytes < 0 or (self.has_video and not self.gop):
-            return  # over GOP_MAX, or no keyframe yet: nothing to start a picture from
+            if self.keyed or self.gop_bytes < 0:
+                self.gop, self.gop_bytes = [], 0
+            self.keyed = True  # (the first one: the audio before it stays, it belongs to the start)
+        elif self.gop_bytes < 0 or (m.type_id == rtmp.VIDEO and not self.keyed):
+            return  # over GOP_MAX, or a picture before any keyframe: nothing to start a picture from
         self.gop.append(item)
         self.gop_bytes += len(m.payload)
         if self.gop_bytes > GOP_MAX:
