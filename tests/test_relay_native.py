@@ -349,3 +349,39 @@ def test_nginx_sees_the_exact_key_and_a_reconnecting_publisher_gets_a_clean_stre
             assert m.first_packet_key and m.keyframe_times[0] < 0.1, f"{path.name}: starts at {m.keyframe_times[:1]}"
             assert m.max_gap <= 0.5, f"{path.name}: a {m.max_gap:.2f} s hole"
     assert weird not in relay.stdout + relay.stderr and INGEST_KEY not in relay.stdout + relay.stderr
+
+
+@pytest.mark.e2e
+@timing
+@pytest.mark.timeout(150)
+def test_backup_ingests_failover_and_both_on_the_native_path(procs, add, tmp_path):
+    """``backup = "failover"``: the primary is down, the destination moves to its backup after 3 failed attempts;
+    ``backup = "both"``: each ingest gets the whole stream over its own connection. No ffmpeg either way."""
+    dead = free_port()  # nothing listens there
+    fb = procs.receiver("fb", "key-f")
+    add("f", f"rtmp://127.0.0.1:{dead}/live", "key-f", "--backup-url", fb.url)
+    bp, bb = procs.receiver("bp", "key-b"), procs.receiver("bb", "key-b")
+    add("b", bp.url, "key-b", "--backup-url", bb.url, "--backup-mode", "both")
+    relay = procs.relay()
+    assert relay.native, relay.summary()
+    pub = procs.publish(relay.port, INGEST_KEY, seconds=10)
+    switched = relay.wait_event(lambda e: e.get("event") == "ingest" and e["destination"] == "f", "f switched", 20)[0]
+    assert switched["ingest"] == "backup" and "3 failed attempts" in switched["reason"], switched
+    live = relay.wait_event(lambda e: e.get("event") == "state" and e["destination"] == "f"
+                            and e["state"] == "live", "f live", 20)[0]
+    assert live.get("ingest") == "backup", live
+    relay.wait_event(lambda e: e.get("event") == "ingest_state" and e["destination"] == "b"
+                     and e["ingest"] == "backup" and e["state"] == "live", "b's backup ingest live", 20)
+    published_ok(pub)
+    relay.wait_log(GONE)
+    receivers_done(fb, bp, bb)
+    assert relay.interrupt() == 130
+    assert relay.ffmpegs() == []
+    m = assert_delivered(fb.out, 10.0 - (event_ts(live) - event_ts(switched)) - 3.0, within=2.5,
+                         what="at the backup ingest after the switch")
+    assert m.first_packet_key
+    for r in (bp, bb):
+        assert_delivered(r.out, 10.0, within=1.0, what="at each ingest of a 'both' destination")
+    assert packets(bp.out) == packets(bb.out), "the two ingests got different packets"
+    end = relay.end()
+    assert set(end["destinations"]["b"]["ingests"]) == {"primary", "backup"}, end["destinations"]["b"]

@@ -52,16 +52,21 @@ def codec_of(m: rtmp.Message) -> str | None:
     return None
 
 
-def codec_problem(m: rtmp.Message) -> str | None:
-    """Pure: the warning for a publisher's codec that platforms will not take (the text the ffmpeg path gives)."""
-    codec = codec_of(m)
-    if codec is None:
-        return None
-    kind = "video" if m.type_id == rtmp.VIDEO else "audio"
+def codec_warning(kind: str, codec: str) -> str | None:
+    """Pure: the warning for a publisher's ``kind`` ("video"/"audio") in a codec platforms will not take (both
+    paths: ffmpeg's log names the codec there, the message here)."""
     if (kind == "video" and codec in STREAMABLE_VIDEO) or (kind == "audio" and codec == "aac"):
         return None
     return (f"the publisher sends {kind} as {codec}; platforms expect H.264 (or HEVC/AV1 where accepted) with AAC: "
             "set your encoder to those, or restart with --transcode")
+
+
+def codec_problem(m: rtmp.Message) -> str | None:
+    """Pure: ``codec_warning`` for one of the publisher's audio/video messages."""
+    codec = codec_of(m)
+    if codec is None:
+        return None
+    return codec_warning("video" if m.type_id == rtmp.VIDEO else "audio", codec)
 
 
 class Retimer:

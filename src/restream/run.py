@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from restream import events as ev
-from restream import lifecycle, plan
+from restream import fanout, lifecycle, plan
 from restream.errors import BroadcastError
 from restream.redact import Redactor
 from restream.slotrelay import STALL_TIMEOUT_S, SlotEvent, SlotRelay, Upstream
@@ -35,7 +35,6 @@ TRAFFIC_INTERVAL_S = 1.0
 SRT_SETTLE_S = 3.0
 WATCH_INTERVAL_S = 0.1  # one stat() of the profile: cheap; live changes apply within ~1 s (README)
 NOTICE = "restream"  # level of restream's own notices in Log events
-STREAMABLE_VIDEO = ("h264", "hevc", "av1")
 # Relay mode: what ffmpeg's listener says when a publisher is rejected or leaves; restream reports those itself.
 RELAY_ROUTINE = ("Unexpected stream", "Error opening input", "Unable to read handshake", "Error during demuxing",
                  "Cannot open connection tcp://127.0.0.1")
@@ -569,13 +568,7 @@ class Broadcast:
             if self.duration is not None:
                 clock = asyncio.create_task(self._duration_clock())
         if first and self.desk is None:
-            self._started_at = time.time()
-            self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, self.proc.pid,
-                                 tuple((t.name, t.server_url) for t in self.targets.values())))
-            for d in self.life.dests:
-                self.emit(ev.DestState(time.time(), d.name, d.state))
-            if self.on_ready is not None:
-                self.on_ready()
+            self._announce(self.proc.pid)
             if self.gate is None and self.duration is not None:
                 clock = asyncio.create_task(self._duration_clock())
         if first and self.record:
@@ -605,13 +598,7 @@ class Broadcast:
         self.relay.end_stop()
         self._feed_over = asyncio.Event()
         if first:
-            self._started_at = time.time()
-            self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, None,
-                                 tuple((t.name, t.server_url) for t in self.targets.values())))
-            for d in self.life.dests:
-                self.emit(ev.DestState(time.time(), d.name, d.state))
-            if self.on_ready is not None:
-                self.on_ready()
+            self._announce(None)
         else:
             self.emit(ev.NewSession(time.time(), None))
         self._input_ready.set()
@@ -651,8 +638,6 @@ class Broadcast:
 
     async def _native_sink(self):
         """The gate's sink for the next verified publisher: a new fan-out of its messages (None: stopping)."""
-        from restream import fanout
-
         await self._input_ready.wait()
         self._input_ready.clear()
         if self._stop.is_set():
@@ -669,6 +654,16 @@ class Broadcast:
 
     def _warn_codec(self, text: str) -> None:
         self.emit(ev.Log(time.time(), "warning", text))
+
+    def _announce(self, pid: int | None) -> None:
+        """The broadcast started (``pid``: its ffmpeg's; None: the native fan-out runs none)."""
+        self._started_at = time.time()
+        self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, pid,
+                             tuple((t.name, t.server_url) for t in self.targets.values())))
+        for d in self.life.dests:
+            self.emit(ev.DestState(time.time(), d.name, d.state))
+        if self.on_ready is not None:
+            self.on_ready()
 
     async def ingest_input(self) -> asyncio.StreamWriter:
         """Relay mode: the waiting ffmpeg's stdin (it reads FLV there), for the next verified publisher; waits while
@@ -873,10 +868,9 @@ class Broadcast:
         if not m:
             return
         kind, codec = m.groups()
-        if (kind == "Video" and codec not in STREAMABLE_VIDEO) or (kind == "Audio" and codec != "aac"):
-            self.emit(ev.Log(time.time(), "warning",
-                             f"the publisher sends {kind.lower()} as {codec}; platforms expect H.264 (or HEVC/AV1 "
-                             f"where accepted) with AAC: set your encoder to those, or restart with --transcode"))
+        problem = fanout.codec_warning(kind.lower(), codec)
+        if problem:
+            self.emit(ev.Log(time.time(), "warning", problem))
 
     def _record_log(self, text: str) -> None:
         """The recording is the tee's last slave, written without fifo: ffmpeg names its failure by index."""
