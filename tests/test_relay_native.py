@@ -385,3 +385,37 @@ def test_backup_ingests_failover_and_both_on_the_native_path(procs, add, tmp_pat
     assert packets(bp.out) == packets(bb.out), "the two ingests got different packets"
     end = relay.end()
     assert set(end["destinations"]["b"]["ingests"]) == {"primary", "backup"}, end["destinations"]["b"]
+
+
+@pytest.mark.e2e
+@timing
+@pytest.mark.timeout(150)
+def test_live_changes_while_relaying_natively(procs, add, cli, tmp_path):
+    """`restream add` while a publisher is live: the new destination joins the session at once and starts on a
+    keyframe; `restream disable`: that one ends its stream in order (its receiver's file is complete) and the
+    others lose nothing."""
+    recs = receivers(procs, add, 2)
+    relay = procs.relay()
+    pub = procs.publish(relay.port, INGEST_KEY, seconds=12)
+    relay.wait_live(["d0", "d1"], timeout=30)
+    new = procs.receiver("n0", "key-new")
+    added_at = time.time()
+    assert cli("add", "n0", "--url", new.url, "--key", "key-new")[0] == 0
+    live = relay.wait_event(lambda e: e.get("event") == "state" and e["destination"] == "n0"
+                            and e["state"] == "live", "n0 live", 10)[0]
+    bound(event_ts(live) - added_at, 2.5, "an added destination live (profile polled every 0.1 s)")
+    disabled_at = time.time()
+    assert cli("disable", "d1")[0] == 0
+    relay.wait_event(lambda e: e.get("event") == "state" and e["destination"] == "d1"
+                     and e["state"] == "removed", "d1 removed", 10)
+    recs[1].proc.wait(10)  # its receiver ended: the stream was ended in order
+    bound(time.time() - disabled_at, 5.0, "a disabled destination's receiver done")
+    published_ok(pub)
+    relay.wait_log(GONE)
+    receivers_done(recs[0], new)
+    assert relay.interrupt() == 130
+    assert relay.ffmpegs() == []
+    assert_delivered(recs[0].out, 12.0, within=1.0, what="beside the live changes")
+    m = probe(new.out)
+    assert m.decodes and m.first_packet_key and m.duration > 4.0, m
+    assert probe(recs[1].out).decodes, "the disabled destination's file does not decode"

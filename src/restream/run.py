@@ -621,10 +621,11 @@ class Broadcast:
             self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
 
     async def _native_progress(self) -> None:
-        """What ffmpeg's -progress said on the ffmpeg path (every 0.5 s): frames, rate and stream time sent."""
+        """What ffmpeg's -progress said on the ffmpeg path: frames, rate and stream time sent (every second: each
+        report costs a status fold and the views' update)."""
         last: tuple[float, int, float] | None = None  # (monotonic, frames, stream time) at the previous report
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
             fan = self._fan
             if fan is None or not fan.frames and not fan.last_ts:
                 continue
