@@ -239,6 +239,8 @@ class Broadcast:
         self.native = False  # relay mode's native fan-out (``relay_native``; decided when the run starts)
         self._fan = None  # ... the open publisher session (a fanout.Feed)
         self._feed_over: asyncio.Event | None = None
+        self._fan_done = None  # ... the publisher session that just ended (its last progress report is due)
+        self._last_progress: tuple[float, int, float] | None = None
 
     @property
     def per_session(self) -> bool:
@@ -601,6 +603,7 @@ class Broadcast:
             self._announce(None)
         else:
             self.emit(ev.NewSession(time.time(), None))
+            self._last_progress = None
         self._input_ready.set()
         progress = asyncio.create_task(self._native_progress())
         stop = asyncio.ensure_future(self._stop.wait())
@@ -614,6 +617,9 @@ class Broadcast:
         self._input_ready.clear()
         if self._fan is not None:
             self._fan.close()  # the stop began while a publisher was live: each destination ends its stream
+        if self._fan_done is not None:
+            self._progress(self._fan_done)  # the session's whole stream time (what ffmpeg's last report said)
+            self._fan_done = None
         # the last bytes reach the destinations (and who would not take them is named) before any verdict
         await self.relay.settle()
         if self.life.phase == "running" and not self._stop.is_set():
@@ -623,19 +629,22 @@ class Broadcast:
     async def _native_progress(self) -> None:
         """What ffmpeg's -progress said on the ffmpeg path: frames, rate and stream time sent (every second: each
         report costs a status fold and the views' update)."""
-        last: tuple[float, int, float] | None = None  # (monotonic, frames, stream time) at the previous report
         while True:
             await asyncio.sleep(1.0)
-            fan = self._fan
-            if fan is None or not fan.frames and not fan.last_ts:
-                continue
-            now, t = time.monotonic(), fan.last_ts / 1000.0
-            fps = speed = None
-            if last is not None and now > last[0] and fan.frames >= last[1]:
-                fps = round((fan.frames - last[1]) / (now - last[0]), 2)
-                speed = round(max(0.0, t - last[2]) / (now - last[0]), 3)
-            last = (now, fan.frames, t)
-            self.emit(ev.Progress(time.time(), frame=fan.frames, fps=fps, out_time_s=t, speed=speed))
+            if self._fan is not None:
+                self._progress(self._fan)
+
+    def _progress(self, fan) -> None:
+        if not fan.frames and not fan.last_ts:
+            return
+        now, t = time.monotonic(), fan.last_ts / 1000.0
+        fps = speed = None
+        last = self._last_progress  # (monotonic, frames, stream time) at the previous report
+        if last is not None and now > last[0] and fan.frames >= last[1]:
+            fps = round((fan.frames - last[1]) / (now - last[0]), 2)
+            speed = round(max(0.0, t - last[2]) / (now - last[0]), 3)
+        self._last_progress = (now, fan.frames, t)
+        self.emit(ev.Progress(time.time(), frame=fan.frames, fps=fps, out_time_s=t, speed=speed))
 
     async def _native_sink(self):
         """The gate's sink for the next verified publisher: a new fan-out of its messages (None: stopping)."""
@@ -646,7 +655,7 @@ class Broadcast:
         over = self._feed_over
 
         def closed() -> None:
-            self._fan = None
+            self._fan_done, self._fan = self._fan, None
             if over is not None:
                 over.set()
 
