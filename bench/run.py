@@ -68,9 +68,10 @@ def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run_script(argv: list[str], timeout: float) -> str:
+def run_script(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
     print(f"$ {' '.join(shlex.quote(a) for a in argv)}", file=sys.stderr, flush=True)
-    r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **env} if env else None)
     sys.stderr.write(r.stderr[-3000:])
     print(r.stdout, file=sys.stderr, flush=True)
     if r.returncode != 0:
@@ -146,7 +147,13 @@ def parse_go_cpu(out: str) -> list[dict]:
 
 def bench_relay_nginx(fast: bool) -> dict:
     argv = ["bench/relay_nginx.py", "--seconds", "20", "--rounds", "3"]
-    return {"command": "python " + " ".join(argv), "rows": parse_relay_nginx(run_script(argv, 1800))}
+    rows = parse_relay_nginx(run_script(argv, 1800))
+    old = os.environ.get("RESTREAM_BENCH_OLD_SRC")  # e.g. main's src/ before issue 16's native fan-out
+    if old:  # the same bench on that code, right after (its restream imported from there)
+        for r in parse_relay_nginx(run_script(argv, 1800, env={"PYTHONPATH": old})):
+            rows.append({**r, "what": r["what"] + " (code before the native fan-out: ffmpeg's tee, "
+                                                   "RESTREAM_BENCH_OLD_SRC)"})
+    return {"command": "python " + " ".join(argv), "rows": rows}
 
 
 def parse_relay_nginx(out: str) -> list[dict]:

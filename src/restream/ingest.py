@@ -3,9 +3,11 @@
 The gate is a small RTMP server for one publisher at a time. It answers the handshake and the publisher's commands
 itself; the stream name of ``releaseStream``, ``FCPublish`` or ``publish`` must be the ingest key and the
 ``connect`` app the expected app, or the publisher is cut off before any media flows. Once ``publish`` is verified,
-the gate takes the waiting ffmpeg's input (``sink``: ffmpeg reads FLV on its stdin, ``-f flv -i pipe:0``) and
-writes the publisher's audio, video and data messages to it as FLV tags. When the publisher leaves, the gate closes
-that input; ffmpeg finishes and restream starts the next one.
+the gate takes the next sink and hands it the publisher's audio, video and data messages (``MessageSink``): the
+waiting ffmpeg's input (ffmpeg reads FLV on its stdin, ``-f flv -i pipe:0``: ``FlvSink`` writes the messages as FLV
+tags), or, copying to RTMP(S) destinations, the native fan-out (``fanout.Feed``: no ffmpeg at all). When the
+publisher leaves, the gate closes the sink; ffmpeg finishes and restream starts the next one (native: each
+destination ends its stream in order).
 
 So ffmpeg has no listening socket at all (no door a local process could publish to without the key), and the
 media takes one hop fewer than through a second RTMP connection. A publisher that has not yet shown the key holds
