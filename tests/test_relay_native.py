@@ -419,3 +419,19 @@ def test_live_changes_while_relaying_natively(procs, add, cli, tmp_path):
     m = probe(new.out)
     assert m.decodes and m.first_packet_key and m.duration > 4.0, m
     assert probe(recs[1].out).decodes, "the disabled destination's file does not decode"
+
+
+def test_an_aggregate_message_is_passed_on_as_its_parts():
+    """An aggregate (type 22: FLV tags back to back) is split, so its keyframe starts a destination as any other."""
+    from restream import ingest
+
+    def tag(t: int, ts: int, body: bytes) -> bytes:
+        return ingest.flv_tag(t, ts, body)
+
+    agg = rtmp.Message(6, 1000, 22, 1, tag(9, 500, _video(0, key=True).payload) + tag(8, 521, _audio(0).payload))
+    assert [(m.type_id, m.timestamp) for m in ingest.aggregate_parts(agg)] == [(9, 1000), (8, 1021)]
+    feed, written = _fake_feed(1)
+    feed.dests[0].legs[0].need_key = True
+    feed.messages([agg])
+    got = rtmp.ChunkParser().feed(b"".join(written[0]))
+    assert [(m.type_id, m.timestamp) for m in got] == [(9, 0), (8, 21)], got

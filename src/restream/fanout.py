@@ -21,14 +21,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from restream import dualingest, rtmp
+from restream import dualingest, ingest, rtmp
 
 if TYPE_CHECKING:
     from restream.slotrelay import SlotRelay, Upstream
 
 GOP_MAX = 8 * 1024 * 1024  # the kept group of pictures above this: nothing kept until the next keyframe
 BACKOFF_S = (1.0,)  # a destination's reconnection cadence (what ffmpeg's fifo recovery did on the slot path)
-_MEDIA = frozenset({rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0, rtmp.DATA_AMF3, 22})
+_MEDIA = frozenset({rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0, rtmp.DATA_AMF3})
+AGGREGATE = 22
 # what ffmpeg's rtmp output sends in its connect (restream's ffmpeg on the slot path: the servers see the same)
 CONNECT = {"type": "nonprivate", "flashVer": "FMLE/3.0 (compatible; Lavf61.7.100)"}
 _VIDEO_CODECS = {2: "flv1", 3: "flashsv", 4: "vp6f", 5: "vp6a", 6: "flashsv2", 7: "h264", 12: "hevc", 13: "av1"}
@@ -147,6 +148,8 @@ class Feed:
     def messages(self, msgs: list[rtmp.Message]) -> None:
         """The publisher's media and data messages, in order."""
         batch: dualingest.Media = []
+        if any(m.type_id == AGGREGATE for m in msgs):  # each part on its own (a keyframe must be seen as one)
+            msgs = [p for m in msgs for p in (ingest.aggregate_parts(m) if m.type_id == AGGREGATE else (m,))]
         for m in msgs:
             if m.type_id not in _MEDIA:
                 continue

@@ -128,21 +128,26 @@ def flv_tags(msg: rtmp.Message) -> bytes:
             payload = payload[len(_SET_DATA_FRAME):]
         return flv_tag(rtmp.DATA_AMF0, msg.timestamp, payload) if payload else b""
     if t == 22:  # aggregate: FLV tags back to back
-        out = []
-        data, pos, base = msg.payload, 0, None
-        while pos + 11 <= len(data):
-            sub_type = data[pos]
-            size = int.from_bytes(data[pos + 1:pos + 4], "big")
-            ts = int.from_bytes(data[pos + 4:pos + 7], "big") | (data[pos + 7] << 24)
-            body = data[pos + 11:pos + 11 + size]
-            if len(body) < size:
-                break
-            base = ts if base is None else base
-            if sub_type in (rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0):
-                out.append(flv_tags(rtmp.Message(msg.csid, msg.timestamp + ts - base, sub_type, msg.stream_id, body)))
-            pos += 11 + size + 4
-        return b"".join(out)
+        return b"".join(flv_tags(m) for m in aggregate_parts(msg))
     return b""
+
+
+def aggregate_parts(msg: rtmp.Message) -> list[rtmp.Message]:
+    """An aggregate message's audio, video and data messages, re-timed from the aggregate's timestamp."""
+    out = []
+    data, pos, base = msg.payload, 0, None
+    while pos + 11 <= len(data):
+        sub_type = data[pos]
+        size = int.from_bytes(data[pos + 1:pos + 4], "big")
+        ts = int.from_bytes(data[pos + 4:pos + 7], "big") | (data[pos + 7] << 24)
+        body = data[pos + 11:pos + 11 + size]
+        if len(body) < size:
+            break
+        base = ts if base is None else base
+        if sub_type in (rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0):
+            out.append(rtmp.Message(msg.csid, msg.timestamp + ts - base, sub_type, msg.stream_id, body))
+        pos += 11 + size + 4
+    return out
 
 
 # -- the server's side of the conversation, pure --------------------------------------------------------------------
