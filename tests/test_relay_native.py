@@ -435,3 +435,33 @@ def test_an_aggregate_message_is_passed_on_as_its_parts():
     feed.messages([agg])
     got = rtmp.ChunkParser().feed(b"".join(written[0]))
     assert [(m.type_id, m.timestamp) for m in got] == [(9, 0), (8, 21)], got
+
+
+@pytest.mark.e2e
+@timing
+@pytest.mark.timeout(90)
+def test_rtmps_destinations_verified_on_the_native_path(procs, add):
+    """RTMPS from the native fan-out: the certificate is verified (``ca_file``); one for another name is refused
+    and that destination fails alone."""
+    from support import CERT, TlsFront
+
+    good, bad = procs.receiver("good", "key-good"), procs.receiver("bad", "key-bad")
+    front_ok = procs.track(TlsFront(good.port, "127.0.0.1").start())
+    front_other = procs.track(TlsFront(bad.port, "127.0.0.2").start())  # the certificate names 127.0.0.1 only
+    add("good", f"rtmps://127.0.0.1:{front_ok.port}/live", "key-good", "--ca-file", str(CERT))
+    add("bad", f"rtmps://127.0.0.2:{front_other.port}/live", "key-bad", "--ca-file", str(CERT))
+    relay = procs.relay(INGEST_KEY, "--once")
+    assert relay.native
+    pub = procs.publish(relay.port, INGEST_KEY, seconds=4)
+    relay.wait_live(["good"], timeout=30)
+    refused = relay.wait_event(lambda e: e.get("event") == "state" and e["destination"] == "bad"
+                               and e["state"] == "retrying", "bad refused", 15)[0]
+    assert "certificate verify failed" in refused["error"] and "127.0.0.2" in refused["error"], refused
+    published_ok(pub)
+    assert relay.wait(30) == 1, relay.stderr  # one destination failed
+    receivers_done(good, timeout=5)
+    end = relay.end()
+    assert end["destinations"]["bad"]["state"] == "failed" and end["destinations"]["good"]["state"] == "stopped"
+    assert front_other.handshakes == 0 and front_ok.handshakes >= 1
+    assert_delivered(good.out, 4.0, within=1.0, what="over RTMPS")
+    assert relay.ffmpegs() == []
