@@ -867,8 +867,12 @@ def _checked_broadcast(req: BroadcastRequest, session) -> int:
         raise UsageError(f"{', '.join(copies)}: set to copy, but the {made} must be encoded "
                          "(restream edit NAME --encode)")
     schemes = {urlsplit_scheme(t.server_url) for t in targets}
-    ff = discover.require(req.ffmpeg_opt, protocols=("srt",) if "srt" in schemes else (),
-                          encoders=() if all(g.enc.copy for g in groups) else ("libx264", "aac"))
+    if req.ingest and not req.dry_run and runner.relay_native(True, req.enc, targets, req.record,
+                                                              req.slate[0] is not None):
+        ff = discover.identify(req.ffmpeg_opt)  # the native fan-out: no ffmpeg on the path (only named)
+    else:
+        ff = discover.require(req.ffmpeg_opt, protocols=("srt",) if "srt" in schemes else (),
+                              encoders=() if all(g.enc.copy for g in groups) else ("libx264", "aac"))
     input_duration = None
     if inp.kind == "file":
         info = discover.probe_input(ff.path, inp.target)

@@ -168,6 +168,16 @@ def _write_cache(file: Path, ff: FFmpeg) -> None:
         pass
 
 
+def identify(override: str | None = None) -> FFmpeg:
+    """The ffmpeg to use and its version, without asking it for its capabilities (relay mode's native fan-out runs
+    no ffmpeg: four fewer processes at start)."""
+    path = locate(override)
+    version = parse_version(_run(path, "-version"))
+    if version == "unknown":
+        raise FFmpegError(f"{path} does not look like ffmpeg (no version line)")
+    return FFmpeg(path, version, frozenset(), frozenset(), frozenset(), frozenset())
+
+
 def require(override: str | None = None, protocols: tuple[str, ...] = (), encoders: tuple[str, ...] = (),
             muxers: tuple[str, ...] = ()) -> FFmpeg:
     ff = inspect(locate(override))

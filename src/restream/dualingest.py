@@ -14,6 +14,10 @@ Stalls are watched per leg as the slot relay watches a session (``tick``), with 
 
 The destination is live while either leg is. Events are the slot relay's ``SlotEvent`` with ``ingest`` set and
 ``leg=True``. Used from the event loop's thread only.
+
+The same fan-out (``Fed``: a stream's headers, its legs, one serialization of each message shared by every leg)
+also serves relay mode's native path (``fanout``), where the source is the verified publisher instead of ffmpeg and
+a destination without "both" has one untagged leg.
 """
 
 from __future__ import annotations
@@ -78,26 +82,51 @@ class _FfmpegSide(asyncio.Protocol):
         self.sess.ffmpeg_gone(exc)
 
 
-class DualSession:
-    """One ffmpeg session on a "both" slot: answered here, fed to each ingest."""
+class Wire:
+    """One media message as chunks, serialized once per (message stream id, chunk size) and shared by every leg of
+    every destination that takes it (each message starts with a type-0 header, so the legs stay independent)."""
 
-    def __init__(self, relay: "SlotRelay", slot: int, upstream: "Upstream", transport: asyncio.Transport) -> None:
+    __slots__ = ("m", "cache")
+
+    def __init__(self, m: rtmp.Message) -> None:
+        self.m = m
+        self.cache: dict[tuple[int, int], bytes] = {}
+
+    def get(self, stream_id: int, chunk_size: int) -> bytes:
+        data = self.cache.get((stream_id, chunk_size))
+        if data is None:
+            m = self.m
+            data = self.cache[(stream_id, chunk_size)] = rtmp.serialize(
+                rtmp.Message(m.csid, m.timestamp, m.type_id, stream_id, m.payload), chunk_size)
+        return data
+
+
+Media = list[tuple[rtmp.Message, "str | None", Wire]]  # (message, header_kind(message), its wire form)
+
+
+class Fed:
+    """One stream fed to one destination's ingests (the legs), each on its own connection with the exact key.
+
+    The source is restream's ffmpeg on a "both" slot (``DualSession``) or, in relay mode's native fan-out, the
+    verified publisher itself (``fanout``). With ``backup = "both"`` there are two legs (primary and backup) whose
+    events carry ``leg=True``; otherwise one leg whose events are the destination's own (a failover backup: the leg
+    dials the slot's current ingest, and its failures count toward the slot relay's switch)."""
+
+    gone_text = "ffmpeg closed the session before the destination accepted the stream"
+
+    def __init__(self, relay: "SlotRelay", slot: int, upstream: "Upstream", backoff: tuple[float, ...] = ()) -> None:
         self.relay, self.slot, self.upstream = relay, slot, upstream
-        self.transport = transport
-        self.stage = 0
-        self.buf = bytearray()
-        self.parser = rtmp.ChunkParser()
-        self.out = rtmp.ChunkWriter()
-        self.window, self.received, self.acked = ingest.WINDOW, 0, 0
         self.connect_obj: dict | None = None
         self.headers: dict[str, rtmp.Message] = {}
         self.has_video = False
-        self.unpublished = False  # ffmpeg ended its stream in order
-        self.over = False         # nothing more comes from ffmpeg
-        self.legs = [_Leg(self, "primary", upstream.url)]
-        if upstream.backup_url:
-            self.legs.append(_Leg(self, "backup", upstream.backup_url))
-        transport.set_protocol(_FfmpegSide(self))
+        self.unpublished = False  # the source ended its stream in order
+        self.over = False         # nothing more comes from the source
+        if upstream.both:
+            self.legs = [_Leg(self, "primary", upstream.url)]
+            if upstream.backup_url:
+                self.legs.append(_Leg(self, "backup", upstream.backup_url))
+        else:
+            self.legs = [_Leg(self, "primary", upstream.url, tagged=False, backoff=backoff or BACKOFF_S)]
 
     # -- the slot relay's view ---------------------------------------------------------------------------------
 
@@ -118,14 +147,14 @@ class DualSession:
             leg.tick(now, stopping_at)
 
     def unpublish(self) -> None:
-        """Taken off its slot while live (reassigned): end each live leg's stream in order, close ffmpeg."""
+        """Taken off its slot while live (reassigned): end each live leg's stream in order, close the source."""
         self._end(in_order=True, closing=True)
 
     def abort(self) -> None:
         self._end(in_order=False, closing=True)
 
     def cut_unsent(self, now: float) -> None:
-        """ffmpeg has exited and the drain is over: a leg still holding bytes it would not take is cut (forced)."""
+        """The source has ended and the drain is over: a leg still holding bytes it would not take is cut."""
         for leg in self.legs:
             if leg.live and sockstat.unsent(leg.transport):
                 leg.forced = ("held up the end: took no data for "
@@ -135,6 +164,54 @@ class DualSession:
             else:
                 leg.closing = True
                 leg.stop()
+        self._close_source()
+
+    def media(self, batch: Media) -> None:
+        """The source's media messages, in order: each leg takes what it can (one write per leg per batch)."""
+        for m, kind, _ in batch:
+            if kind is not None:
+                self.headers[kind] = m
+            if m.type_id == rtmp.VIDEO:
+                self.has_video = True
+        for leg in self.legs:
+            if leg.live and not leg.ending and leg.writer is not None:
+                parts = [w for m, kind, wire in batch if (w := leg.take(m, kind, wire))]
+                if parts:
+                    leg._write(b"".join(parts))
+
+    def _end(self, in_order: bool, closing: bool) -> None:
+        """Nothing more comes from the source: live legs end their stream (in order: FCUnpublish, drain, close), the
+        others stop trying. The source's connection is closed unless it ended in order."""
+        self.over = True
+        for leg in self.legs:
+            leg.closing = leg.closing or closing
+            leg.finish(in_order)
+        if not in_order or closing:
+            self._close_source()
+
+    def _close_source(self) -> None:
+        pass
+
+    def backlog(self) -> Media:
+        """What a leg that goes live gets after the headers (the native fan-out: the media since the latest
+        keyframe); ffmpeg's own sessions: nothing (the leg waits for the next keyframe)."""
+        return []
+
+
+class DualSession(Fed):
+    """One ffmpeg session on a "both" slot: answered here, fed to each ingest."""
+
+    def __init__(self, relay: "SlotRelay", slot: int, upstream: "Upstream", transport: asyncio.Transport) -> None:
+        super().__init__(relay, slot, upstream)
+        self.transport = transport
+        self.stage = 0
+        self.buf = bytearray()
+        self.parser = rtmp.ChunkParser()
+        self.out = rtmp.ChunkWriter()
+        self.window, self.received, self.acked = ingest.WINDOW, 0, 0
+        transport.set_protocol(_FfmpegSide(self))
+
+    def _close_source(self) -> None:
         self.transport.abort()
 
     # -- ffmpeg's side -----------------------------------------------------------------------------------------
@@ -163,22 +240,22 @@ class DualSession:
                     data, self.buf = bytes(self.buf), bytearray()
                 else:
                     return
+            batch: Media = []
             for m in self.parser.feed(data):
+                if m.type_id in _MEDIA:
+                    batch.append((m, header_kind(m), Wire(m)))
+                    continue
+                if batch:
+                    self.media(batch)
+                    batch = []
                 self._message(m)
+            if batch:
+                self.media(batch)
         except Exception as exc:  # a protocol error, a wrong placeholder: this session ends
             self._refuse(str(exc) or type(exc).__name__)
 
     def _message(self, m: rtmp.Message) -> None:
         t = m.type_id
-        if t in _MEDIA:
-            kind = header_kind(m)
-            if kind is not None:
-                self.headers[kind] = m
-            if t == rtmp.VIDEO:
-                self.has_video = True
-            for leg in self.legs:
-                leg.media(m, kind)
-            return
         if t == rtmp.WINDOW_ACK_SIZE and len(m.payload) >= 4:
             self.window = max(1, struct.unpack_from(">I", m.payload)[0])
             return
@@ -218,22 +295,15 @@ class DualSession:
         if not self.transport.is_closing():
             self.transport.close()
 
-    def _end(self, in_order: bool, closing: bool) -> None:
-        """Nothing more comes from ffmpeg: live legs end their stream (in order: FCUnpublish, drain, close), the
-        others stop trying. ffmpeg's socket is closed unless it ended in order (then ffmpeg closes it)."""
-        self.over = True
-        for leg in self.legs:
-            leg.closing = leg.closing or closing
-            leg.finish(in_order)
-        if not in_order or closing:
-            self.transport.abort()
-
 
 class _Leg:
-    """One ingest of a "both" destination: connects, publishes, takes the stream, reconnects by itself."""
+    """One ingest of a destination: connects, publishes, takes the stream, reconnects by itself. ``tagged``: one of
+    a "both" destination's two (its events say which, ``leg=True``); else the destination's only connection."""
 
-    def __init__(self, sess: DualSession, ingest_name: str, url: str) -> None:
+    def __init__(self, sess: Fed, ingest_name: str, url: str, tagged: bool = True,
+                 backoff: tuple[float, ...] = BACKOFF_S) -> None:
         self.sess, self.ingest, self.url = sess, ingest_name, url
+        self.tagged, self.backoff = tagged, backoff
         self.task: asyncio.Task | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.transport: asyncio.Transport | None = None
@@ -257,9 +327,25 @@ class _Leg:
     def _emit(self, kind: str, error: str | None = None, since: float | None = None) -> None:
         from restream.slotrelay import redact
 
-        relay = self.sess.relay
-        error = redact(error, self.sess.upstream.key)[:300] if error else None
-        relay._emit(self.sess.slot, self.sess.upstream.name, kind, error, since, ingest=self.ingest, leg=True)
+        relay, up = self.sess.relay, self.sess.upstream
+        error = redact(error, up.key)[:300] if error else None
+        if self.tagged:
+            relay._emit(self.sess.slot, up.name, kind, error, since, ingest=self.ingest, leg=True)
+        else:
+            relay._emit(self.sess.slot, up.name, kind, error, since, ingest=self.ingest if up.backup_url else None)
+
+    # what the slot relay's failover bookkeeping reads of a session (``SlotRelay._failed``)
+    @property
+    def slot(self) -> int:
+        return self.sess.slot
+
+    @property
+    def upstream(self) -> "Upstream":
+        return self.sess.upstream
+
+    @property
+    def failover(self) -> bool:
+        return not self.tagged and bool(self.sess.upstream.backup_url)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -289,7 +375,7 @@ class _Leg:
             return
         if self.task is not None and not self.task.done():
             if not self.live and not self.closing and not self.error and not self.sess.unpublished:
-                self.error = "ffmpeg closed the session before the destination accepted the stream"
+                self.error = getattr(self.sess, "gone_text", Fed.gone_text)
             if self.sess.relay._stopping_at is not None or self.closing or in_order:
                 self.closing = True
             self.task.cancel()
@@ -299,6 +385,10 @@ class _Leg:
         while True:
             self.attempts += 1
             self.error, self.forced = None, None
+            if self.failover:  # the slot's current ingest
+                up = self.sess.upstream
+                self.ingest = relay._ingest[self.sess.slot]
+                self.url = up.backup_url if self.ingest == "backup" and up.backup_url else up.url
             self._emit("connecting")
             refused = False
             try:
@@ -321,10 +411,12 @@ class _Leg:
             was_live = self.live
             self.live = False
             self._emit("refused" if refused else "disconnected", self.error or "destination closed the connection")
+            if self.failover:
+                relay._failed(self, was_live, self.error or "destination closed the connection")
             if was_live:
                 self.attempts = 1
             try:
-                await asyncio.sleep(BACKOFF_S[min(self.attempts, len(BACKOFF_S)) - 1])
+                await asyncio.sleep(self.backoff[min(self.attempts, len(self.backoff)) - 1])
             except asyncio.CancelledError:
                 return
             if self.sess.over or relay._stopping_at is not None:
@@ -357,7 +449,8 @@ class _Leg:
             slot = self.sess.slot
             if relay._assigned[slot] is self.sess.upstream:
                 relay._bytes[slot] += len(data)
-                relay._leg_bytes[slot][self.ingest] = relay._leg_bytes[slot].get(self.ingest, 0) + len(data)
+                if self.tagged:
+                    relay._leg_bytes[slot][self.ingest] = relay._leg_bytes[slot].get(self.ingest, 0) + len(data)
 
     def _send(self, *msgs: rtmp.Message) -> None:
         self._write(b"".join(self.out.write(m) for m in msgs))
@@ -430,31 +523,44 @@ class _Leg:
     def _go_live(self) -> None:
         self.live, self.need_key, self.attempts = True, True, 0
         self.acked_at = time.monotonic()
+        relay, slot = self.sess.relay, self.sess.slot
+        if self.failover and relay._assigned[slot] is self.sess.upstream and relay._ingest[slot] == self.ingest:
+            relay._fails[slot], relay._down_since[slot] = 0, None
         self._emit("live")
         heads = self.sess.headers
         for kind in ("meta", "video", "audio"):
             m = heads.get(kind)
             if m is not None:
                 self._send(rtmp.Message(m.csid, m.timestamp, m.type_id, self.stream_id, m.payload))
+        backlog = self.sess.backlog()  # from a keyframe (or the session's start) by construction: all of it
+        if backlog:
+            self.need_key = False
+            self._write(b"".join(wire.get(self.stream_id, self.out.chunk_size) for _, _, wire in backlog))
 
     def media(self, m: rtmp.Message, kind: str | None) -> None:
-        """ffmpeg's media message: written now, or dropped (not live, overflowing, waiting for a keyframe)."""
+        """One media message of the source: written now, or dropped (not live, overflowing, waiting for a
+        keyframe)."""
         if not self.live or self.ending or self.writer is None:
             return
+        data = self.take(m, kind, Wire(m))
+        if data:
+            self._write(data)
+
+    def take(self, m: rtmp.Message, kind: str | None, wire: Wire) -> bytes | None:
+        """What this (live) leg writes of ``m``: its chunks, or None (overflowing, waiting for a keyframe)."""
         if kind is not None:
             pass  # a decoder configuration or the metadata: always passed (nothing for a decoder to skip)
         elif self.transport.get_write_buffer_size() > LEG_BUFFER:  # type: ignore[union-attr]
             self.need_key = True
-            return
+            return None
         elif self.need_key:
             if m.type_id == rtmp.VIDEO and is_keyframe(m):
                 self.need_key = False
             elif self.sess.has_video or m.type_id != rtmp.AUDIO:
-                return
+                return None
             else:
                 self.need_key = False  # audio only: any frame starts it
-        self._write(rtmp.serialize(rtmp.Message(m.csid, m.timestamp, m.type_id, self.stream_id, m.payload),
-                                   self.out.chunk_size))
+        return wire.get(self.stream_id, self.out.chunk_size)
 
     # -- the watchdog (the slot relay's thresholds) ------------------------------------------------------------
 

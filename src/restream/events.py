@@ -89,10 +89,11 @@ class Ended:
 
 @dataclass(frozen=True)
 class NewSession:
-    """Relay mode: a new ffmpeg process (the next publisher session) took over; its stream clock starts at 0."""
+    """Relay mode: a new ffmpeg process (the next publisher session) took over; its stream clock starts at 0.
+    (The native fan-out has no ffmpeg: ``pid`` None, the next session's clock starts at 0 all the same.)"""
 
     ts: float
-    pid: int
+    pid: int | None
 
 
 @dataclass(frozen=True)

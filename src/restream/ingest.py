@@ -3,9 +3,11 @@
 The gate is a small RTMP server for one publisher at a time. It answers the handshake and the publisher's commands
 itself; the stream name of ``releaseStream``, ``FCPublish`` or ``publish`` must be the ingest key and the
 ``connect`` app the expected app, or the publisher is cut off before any media flows. Once ``publish`` is verified,
-the gate takes the waiting ffmpeg's input (``sink``: ffmpeg reads FLV on its stdin, ``-f flv -i pipe:0``) and
-writes the publisher's audio, video and data messages to it as FLV tags. When the publisher leaves, the gate closes
-that input; ffmpeg finishes and restream starts the next one.
+the gate takes the next sink and hands it the publisher's audio, video and data messages (``MessageSink``): the
+waiting ffmpeg's input (ffmpeg reads FLV on its stdin, ``-f flv -i pipe:0``: ``FlvSink`` writes the messages as FLV
+tags), or, copying to RTMP(S) destinations, the native fan-out (``fanout.Feed``: no ffmpeg at all). When the
+publisher leaves, the gate closes the sink; ffmpeg finishes and restream starts the next one (native: each
+destination ends its stream in order).
 
 So ffmpeg has no listening socket at all (no door a local process could publish to without the key), and the
 media takes one hop fewer than through a second RTMP connection. A publisher that has not yet shown the key holds
@@ -25,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from restream import pacing, rtmp
 
@@ -125,21 +128,26 @@ def flv_tags(msg: rtmp.Message) -> bytes:
             payload = payload[len(_SET_DATA_FRAME):]
         return flv_tag(rtmp.DATA_AMF0, msg.timestamp, payload) if payload else b""
     if t == 22:  # aggregate: FLV tags back to back
-        out = []
-        data, pos, base = msg.payload, 0, None
-        while pos + 11 <= len(data):
-            sub_type = data[pos]
-            size = int.from_bytes(data[pos + 1:pos + 4], "big")
-            ts = int.from_bytes(data[pos + 4:pos + 7], "big") | (data[pos + 7] << 24)
-            body = data[pos + 11:pos + 11 + size]
-            if len(body) < size:
-                break
-            base = ts if base is None else base
-            if sub_type in (rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0):
-                out.append(flv_tags(rtmp.Message(msg.csid, msg.timestamp + ts - base, sub_type, msg.stream_id, body)))
-            pos += 11 + size + 4
-        return b"".join(out)
+        return b"".join(flv_tags(m) for m in aggregate_parts(msg))
     return b""
+
+
+def aggregate_parts(msg: rtmp.Message) -> list[rtmp.Message]:
+    """An aggregate message's audio, video and data messages, re-timed from the aggregate's timestamp."""
+    out = []
+    data, pos, base = msg.payload, 0, None
+    while pos + 11 <= len(data):
+        sub_type = data[pos]
+        size = int.from_bytes(data[pos + 1:pos + 4], "big")
+        ts = int.from_bytes(data[pos + 4:pos + 7], "big") | (data[pos + 7] << 24)
+        body = data[pos + 11:pos + 11 + size]
+        if len(body) < size:
+            break
+        base = ts if base is None else base
+        if sub_type in (rtmp.AUDIO, rtmp.VIDEO, rtmp.DATA_AMF0):
+            out.append(rtmp.Message(msg.csid, msg.timestamp + ts - base, sub_type, msg.stream_id, body))
+        pos += 11 + size + 4
+    return out
 
 
 # -- the server's side of the conversation, pure --------------------------------------------------------------------
@@ -206,12 +214,49 @@ def server_handshake(c0c1: bytes, now_ms: int | None = None) -> bytes:
 
 # -- the gate --------------------------------------------------------------------------------------------------------
 
-Sink = asyncio.StreamWriter
+class FlvSink:
+    """A sink that is an ffmpeg's stdin: the publisher's messages as an FLV stream (``flv_header``, ``flv_tags``)."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.header_sent = False
+
+    def messages(self, msgs: list[rtmp.Message]) -> None:
+        tags = []
+        for msg in msgs:
+            tag = flv_tags(msg)
+            if tag and not self.header_sent:
+                self.header_sent = True
+                tags.append(flv_header(msg if msg.type_id != 22 else rtmp.Message(0, 0, tag[0], 0, tag[11:-4])))
+            tags.append(tag)
+        if tags:
+            self.writer.write(b"".join(tags))
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MessageSink(Protocol):
+    """Where a verified publisher's media goes: ``messages`` takes its audio, video and data messages in order."""
+
+    def messages(self, msgs: list[rtmp.Message]) -> None: ...
+    def is_closing(self) -> bool: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+Sink = MessageSink | asyncio.StreamWriter  # a StreamWriter (an ffmpeg's stdin) is wrapped in an FlvSink
 
 
 class IngestGate:
     def __init__(self, host: str, port: int, app: str, key: str, on_event: Callable[[IngestEvent], None],
-                 sink: Callable[[], Awaitable[Sink]] | None = None, take_over_after: float | None = None) -> None:
+                 sink: Callable[[], Awaitable[Sink | None]] | None = None, take_over_after: float | None = None) -> None:
         self.host, self.port, self.app, self.key = host, port, app.strip("/"), key
         self.on_event = on_event
         self.sink = sink  # ffmpeg's input for the next verified publisher (waits while ffmpeg restarts)
@@ -276,12 +321,13 @@ class IngestGate:
         task = asyncio.current_task()
         if task is not None:
             self._live = (who, session, task)
-        sink: Sink | None = None
+        sink: MessageSink | None = None
         try:
             try:
-                sink = await asyncio.wait_for(self.sink(), SINK_TIMEOUT_S) if self.sink else None
+                got = await asyncio.wait_for(self.sink(), SINK_TIMEOUT_S) if self.sink else None
             except TimeoutError:
-                sink = None
+                got = None
+            sink = FlvSink(got) if isinstance(got, asyncio.StreamWriter) else got
             if sink is None:
                 self.on_event(IngestEvent("rejected", who, "restream's ffmpeg is not ready"))
                 return
@@ -296,7 +342,8 @@ class IngestGate:
             self._live = None
             if sink is not None:
                 try:
-                    sink.close()  # the end of ffmpeg's input: it finishes, and restream starts the next one
+                    sink.close()  # the end of ffmpeg's input (it finishes, restream starts the next one), or of the
+                    #               native fan-out's session (each destination ends its stream in order)
                 except Exception:
                     pass
         if session.unpublished:  # (the gate is free for the next publisher meanwhile)
@@ -329,7 +376,6 @@ class _Session:
         self.received = 0
         self.acked = 0
         self.publish_msg: rtmp.Message | None = None
-        self.header_sent = False
         self.last_data = time.monotonic()
         self.unpublished = False  # the publisher said it is done (FCUnpublish, deleteStream)
         self.pacer: pacing.Pacer | None = None  # while streaming: read in batches
@@ -394,8 +440,8 @@ class _Session:
                 self._send(replies(msg))
             await self.writer.drain()
 
-    async def stream(self, after: list[rtmp.Message], sink: Sink) -> None:
-        """Answer the verified ``publish``, then pass the publisher's media to ffmpeg as FLV until it leaves."""
+    async def stream(self, after: list[rtmp.Message], sink: MessageSink) -> None:
+        """Answer the verified ``publish``, then pass the publisher's media to the sink until it leaves."""
         assert self.publish_msg is not None
         self._send(replies(self.publish_msg))
         await self.writer.drain()
@@ -421,18 +467,14 @@ class _Session:
         except (TimeoutError, ConnectionError, rtmp.RtmpError):
             pass
 
-    def _forward(self, msgs: list[rtmp.Message], sink: Sink) -> bool:
-        """Write the media of ``msgs``; True once the publisher said it is done (FCUnpublish, deleteStream)."""
-        tags = []
+    def _forward(self, msgs: list[rtmp.Message], sink: MessageSink) -> bool:
+        """Pass the media of ``msgs`` on; True once the publisher said it is done (FCUnpublish, deleteStream)."""
+        media = []
         done = False
         for msg in msgs:
             t = msg.type_id
             if t == rtmp.AUDIO or t == rtmp.VIDEO or t == rtmp.DATA_AMF0 or t == rtmp.DATA_AMF3 or t == 22:
-                tag = flv_tags(msg)
-                if tag and not self.header_sent:
-                    self.header_sent = True
-                    tags.append(flv_header(msg if t != 22 else rtmp.Message(0, 0, tag[0], 0, tag[11:-4])))
-                tags.append(tag)
+                media.append(msg)
             elif t == rtmp.WINDOW_ACK_SIZE and len(msg.payload) >= 4:
                 self.window = max(1, struct.unpack_from(">I", msg.payload)[0])
             elif t == rtmp.COMMAND_AMF0 or t == rtmp.COMMAND_AMF3:
@@ -440,10 +482,10 @@ class _Session:
                 self._send(replies(msg))
                 if name in ("FCUnpublish", "deleteStream", "closeStream"):
                     done = True
-        if tags:
+        if media:
             if sink.is_closing():  # restream is stopping (it closed ffmpeg's input) or ffmpeg is gone
-                raise ConnectionResetError("restream's ffmpeg stopped reading")
-            sink.write(b"".join(tags))
+                raise ConnectionResetError("restream stopped reading")
+            sink.messages(media)
         return done
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from restream import events as ev
-from restream import lifecycle, plan
+from restream import fanout, lifecycle, plan
 from restream.errors import BroadcastError
 from restream.redact import Redactor
 from restream.slotrelay import STALL_TIMEOUT_S, SlotEvent, SlotRelay, Upstream
@@ -35,7 +35,6 @@ TRAFFIC_INTERVAL_S = 1.0
 SRT_SETTLE_S = 3.0
 WATCH_INTERVAL_S = 0.1  # one stat() of the profile: cheap; live changes apply within ~1 s (README)
 NOTICE = "restream"  # level of restream's own notices in Log events
-STREAMABLE_VIDEO = ("h264", "hevc", "av1")
 # Relay mode: what ffmpeg's listener says when a publisher is rejected or leaves; restream reports those itself.
 RELAY_ROUTINE = ("Unexpected stream", "Error opening input", "Unable to read handshake", "Error during demuxing",
                  "Cannot open connection tcp://127.0.0.1")
@@ -114,6 +113,17 @@ def layout(targets: list[Target], slot_url: Callable[[int], str], record: str | 
             picked.append(replace(s, options=s.options + (("select", g.select),)))
         slaves = picked
     return tuple(slaves), slot_of, relay_slots
+
+
+def relay_native(relay_mode: bool, enc: plan.Encoding, targets: list[Target], record: str | None,
+                 slate: bool) -> bool:
+    """Pure: relay mode fans the publisher's messages out itself, with no ffmpeg on the path (``fanout``), when it
+    copies (no --transcode, no --slate), records nothing, and every destination is RTMP(S) and takes the
+    broadcast's copy (one encode group: no destination with its own encoding). Anything else runs today's ffmpeg."""
+    if not relay_mode or not enc.copy or slate or record or not all(t.via_relay for t in targets):
+        return False
+    groups = encode_groups(targets, enc)
+    return len(groups) == 1 and groups[0].enc.copy and not groups[0].enc.crop
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,11 @@ class Broadcast:
         self._poke_slate = asyncio.Event()  # the source's state changed
         self.desk = None  # --slate: the sources.SourceDesk (made in run)
         self._pass_fds: tuple[int, ...] = ()
+        self.native = False  # relay mode's native fan-out (``relay_native``; decided when the run starts)
+        self._fan = None  # ... the open publisher session (a fanout.Feed)
+        self._feed_over: asyncio.Event | None = None
+        self._fan_done = None  # ... the publisher session that just ended (its last progress report is due)
+        self._last_progress: tuple[float, int, float] | None = None
 
     @property
     def per_session(self) -> bool:
@@ -279,7 +294,8 @@ class Broadcast:
         targets = list(self.targets.values())
         self.groups = encode_groups(targets, self.enc)
         self.slot_group = slot_groups(targets, self.groups)
-        slaves, self.slot_of, self.relay_slots = layout(targets, self.relay.slave_url, self.record, self.groups)
+        url = (lambda i: "") if self.native else self.relay.slave_url  # native: no ffmpeg, no slave
+        slaves, self.slot_of, self.relay_slots = layout(targets, url, self.record, self.groups)
         self.record_index = len(slaves) - 1 if self.record else None
         return slaves
 
@@ -397,7 +413,9 @@ class Broadcast:
         self._poke = asyncio.Event()
         # the gate is set by now; with --slate the destinations wait for the first source, then stay published
         self.life = lifecycle.initial(list(self.targets), relay=self.gate is not None or self.slate is not None)
-        await self.relay.start()
+        self.native = relay_native(self.gate is not None, self.enc, list(self.targets.values()), self.record,
+                                   self.slate is not None)
+        await self.relay.start(listen=not self.native)
         self.relay.on_intruder = self._intruder
         self.relay.allow_only(None)  # only the ffmpeg about to start may publish to the slots (PID given below)
         background: list[asyncio.Task] = []
@@ -405,12 +423,13 @@ class Broadcast:
         try:
             slaves = self._slaves()
             self._quiet_ports = {str(p) for p in self.relay.ports}
-            p = plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration, self.queue_size, self.font,
-                           groups=self.groups)
+            p = None if self.native else plan.build(self.ffmpeg, self.inp, self.enc, slaves, self.duration,
+                                                    self.queue_size, self.font, groups=self.groups)
             if self.slate is not None:
                 self.desk = self._make_desk()
             if self.gate is not None:
-                self.gate.sink = self.ingest_input if self.desk is None else self._feed_sink
+                self.gate.sink = self._native_sink if self.native else \
+                    self.ingest_input if self.desk is None else self._feed_sink
                 try:
                     await self.gate.start()
                 except OSError as exc:
@@ -427,6 +446,12 @@ class Broadcast:
                 background.append(asyncio.create_task(self._watch()))
             if self.slate is not None:
                 return self._finish(await self._slate_broadcast(background))
+            if self.native:
+                await self._native_session(first=True)
+                while not self._stop.is_set():
+                    await self._native_session(first=False)
+                return self._finish(0)
+            assert p is not None
             rc = await self._session(p.argv, first=True)
             while self.per_session and not self._stop.is_set():
                 self._codec_checked = False
@@ -545,13 +570,7 @@ class Broadcast:
             if self.duration is not None:
                 clock = asyncio.create_task(self._duration_clock())
         if first and self.desk is None:
-            self._started_at = time.time()
-            self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, self.proc.pid,
-                                 tuple((t.name, t.server_url) for t in self.targets.values())))
-            for d in self.life.dests:
-                self.emit(ev.DestState(time.time(), d.name, d.state))
-            if self.on_ready is not None:
-                self.on_ready()
+            self._announce(self.proc.pid)
             if self.gate is None and self.duration is not None:
                 clock = asyncio.create_task(self._duration_clock())
         if first and self.record:
@@ -572,6 +591,89 @@ class Broadcast:
             self._feed(lifecycle.SessionEnd())
             self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
         return rc
+
+    # -- relay mode's native fan-out ----------------------------------------------------------------------------
+
+    async def _native_session(self, first: bool) -> None:
+        """One publisher session without ffmpeg: the next verified publisher's messages go to every destination
+        (``fanout.Feed``); it ends when the publisher leaves or the stop begins, then the destinations drain."""
+        self.relay.end_stop()
+        self._feed_over = asyncio.Event()
+        if first:
+            self._announce(None)
+        else:
+            self.emit(ev.NewSession(time.time(), None))
+            self._last_progress = None
+        self._input_ready.set()
+        progress = asyncio.create_task(self._native_progress())
+        stop = asyncio.ensure_future(self._stop.wait())
+        over = asyncio.ensure_future(self._feed_over.wait())
+        try:
+            await asyncio.wait([stop, over], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            over.cancel()
+            progress.cancel()
+        self._input_ready.clear()
+        if self._fan is not None:
+            self._fan.close()  # the stop began while a publisher was live: each destination ends its stream
+        if self._fan_done is not None:
+            self._progress(self._fan_done)  # the session's whole stream time (what ffmpeg's last report said)
+            self._fan_done = None
+        # the last bytes reach the destinations (and who would not take them is named) before any verdict
+        await self.relay.settle()
+        if self.life.phase == "running" and not self._stop.is_set():
+            self._feed(lifecycle.SessionEnd())
+            self.emit(ev.Log(time.time(), NOTICE, "publisher gone: waiting for the next one (Ctrl-C to stop)"))
+
+    async def _native_progress(self) -> None:
+        """What ffmpeg's -progress said on the ffmpeg path: frames, rate and stream time sent (every second: each
+        report costs a status fold and the views' update)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._fan is not None:
+                self._progress(self._fan)
+
+    def _progress(self, fan) -> None:
+        if not fan.frames and not fan.last_ts:
+            return
+        now, t = time.monotonic(), fan.last_ts / 1000.0
+        fps = speed = None
+        last = self._last_progress  # (monotonic, frames, stream time) at the previous report
+        if last is not None and now > last[0] and fan.frames >= last[1]:
+            fps = round((fan.frames - last[1]) / (now - last[0]), 2)
+            speed = round(max(0.0, t - last[2]) / (now - last[0]), 3)
+        self._last_progress = (now, fan.frames, t)
+        self.emit(ev.Progress(time.time(), frame=fan.frames, fps=fps, out_time_s=t, speed=speed))
+
+    async def _native_sink(self):
+        """The gate's sink for the next verified publisher: a new fan-out of its messages (None: stopping)."""
+        await self._input_ready.wait()
+        self._input_ready.clear()
+        if self._stop.is_set():
+            return None
+        over = self._feed_over
+
+        def closed() -> None:
+            self._fan_done, self._fan = self._fan, None
+            if over is not None:
+                over.set()
+
+        self._fan = fanout.Feed(self.relay, on_close=closed, warn=self._warn_codec)
+        return self._fan
+
+    def _warn_codec(self, text: str) -> None:
+        self.emit(ev.Log(time.time(), "warning", text))
+
+    def _announce(self, pid: int | None) -> None:
+        """The broadcast started (``pid``: its ffmpeg's; None: the native fan-out runs none)."""
+        self._started_at = time.time()
+        self.emit(ev.Started(time.time(), self.profile, self.input_label, self.ffmpeg_label, pid,
+                             tuple((t.name, t.server_url) for t in self.targets.values())))
+        for d in self.life.dests:
+            self.emit(ev.DestState(time.time(), d.name, d.state))
+        if self.on_ready is not None:
+            self.on_ready()
 
     async def ingest_input(self) -> asyncio.StreamWriter:
         """Relay mode: the waiting ffmpeg's stdin (it reads FLV there), for the next verified publisher; waits while
@@ -776,10 +878,9 @@ class Broadcast:
         if not m:
             return
         kind, codec = m.groups()
-        if (kind == "Video" and codec not in STREAMABLE_VIDEO) or (kind == "Audio" and codec != "aac"):
-            self.emit(ev.Log(time.time(), "warning",
-                             f"the publisher sends {kind.lower()} as {codec}; platforms expect H.264 (or HEVC/AV1 "
-                             f"where accepted) with AAC: set your encoder to those, or restart with --transcode"))
+        problem = fanout.codec_warning(kind.lower(), codec)
+        if problem:
+            self.emit(ev.Log(time.time(), "warning", problem))
 
     def _record_log(self, text: str) -> None:
         """The recording is the tee's last slave, written without fifo: ffmpeg names its failure by index."""

@@ -405,7 +405,8 @@ class SlotRelay:
         self._ingest = ["primary"] * slots          # the ingest new sessions of the slot dial
         self._fails = [0] * slots                   # failed sessions in a row on it
         self._down_since: list[float | None] = [None] * slots  # time.monotonic() since when it is not live
-        self._duals: list[set[dualingest.DualSession]] = [set() for _ in range(slots)]  # backup = "both"
+        self._duals: list[set[dualingest.Fed]] = [set() for _ in range(slots)]  # backup = "both", native fan-out
+        self.feed = None  # relay mode's native fan-out: the open publisher session (fanout.Feed), if any
         self._leg_bytes: list[dict[str, int]] = [{} for _ in range(slots)]  # ... bytes per ingest, all sessions
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
@@ -418,9 +419,10 @@ class SlotRelay:
 
     # -- public ------------------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, listen: bool = True) -> None:
+        """Listen on one port per slot (``listen=False``: relay mode's native fan-out feeds the slots itself)."""
         self._loop = asyncio.get_running_loop()
-        for slot in range(self.slots):
+        for slot in range(self.slots if listen else 0):
             server = await self._loop.create_server(
                 lambda slot=slot: _Publisher(self, slot), self.host, 0)
             self._servers.append(server)
@@ -453,9 +455,17 @@ class SlotRelay:
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._close_slot(slot, graceful=True)
+            self._reassigned(slot)
         else:
-            self._loop.call_soon_threadsafe(self._close_slot, slot, True)
+            self._loop.call_soon_threadsafe(self._reassigned, slot)
+
+    def _reassigned(self, slot: int) -> None:
+        """The slot's sessions end in order; with the native fan-out's publisher session open, the new
+        destination joins it at once."""
+        self._close_slot(slot, graceful=True)
+        up = self._assigned[slot]
+        if self.feed is not None and up is not None and self._stopping_at is None and not self._closed:
+            self.feed.add(slot, up)
 
     def begin_stop(self) -> None:
         """The broadcast's stop began: no new sessions; sessions that are not live are dropped now (they have
@@ -613,7 +623,8 @@ class SlotRelay:
                 else:
                     dual.tick(now, self._stopping_at)
             if up is not None and up.backup_url and not up.both and not stopping and down is not None \
-                    and now - down >= self.failover_after and self._sessions[slot]:
+                    and now - down >= self.failover_after \
+                    and (self._sessions[slot] or any(not d.over for d in self._duals[slot])):
                 self._switch(slot, f"the {self._ingest[slot]} ingest was not live for {now - down:.0f} s")
             for sess in list(self._sessions[slot]):
                 if sess.stopped:
@@ -801,6 +812,11 @@ class SlotRelay:
                 sess.error = f"switching to the {new} ingest"
                 sess.closing = True
                 sess.abort()
+        for fed in self._duals[slot]:  # native fan-out: a leg still trying the old ingest dials the new one now
+            for leg in fed.legs:
+                if leg.failover and leg.ingest != new and not leg.live and leg.writer is not None:
+                    leg.error = f"switching to the {new} ingest"
+                    leg._close()
 
     async def _run(self, sess: _Session) -> None:
         up = sess.upstream
