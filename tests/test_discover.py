@@ -99,3 +99,18 @@ def test_not_ffmpeg_is_never_cached(cache, tmp_path):
         with pytest.raises(discover.FFmpegError, match="does not look like ffmpeg"):
             discover.inspect(str(fake))
     assert not cache.exists() or not list(cache.glob("ffmpeg-*.json"))
+
+
+def test_relay_natively_names_ffmpeg_with_one_run_cold_and_none_warm(cache, runs):
+    cold = discover.identify(FFMPEG)
+    assert runs == [("-version",)] and cold.version != "unknown" and not cold.muxers
+    discover.inspect(FFMPEG)  # any go or transcoding relay fills the cache
+    del runs[:]
+    assert discover.identify(FFMPEG).version == cold.version and runs == []
+
+
+def test_a_process_that_leaves_no_trace_reads_the_cache_but_never_writes_it(cache, runs, monkeypatch):
+    monkeypatch.setattr(discover, "_remember", True)
+    discover.leave_no_trace()
+    discover.inspect(FFMPEG)
+    assert len(runs) == 5 and not cache.exists()

@@ -1090,6 +1090,7 @@ def demo_cmd(
 
     if not 3 <= seconds <= 3600:
         raise UsageError("--seconds must be between 3 and 3600")
+    discover.leave_no_trace()
     ff = discover.require(ffmpeg, encoders=("libx264", "aac"))
     if sample is not None:
         try:

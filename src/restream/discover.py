@@ -107,24 +107,40 @@ def _run(path: str, *args: str) -> str:
 
 
 CACHE_FORMAT = 1
+_remember = True  # False: the cache is read, never written (``leave_no_trace``)
+
+
+def leave_no_trace() -> None:
+    """From now on this process writes no cache file (the demo touches nothing of the user's)."""
+    global _remember
+    _remember = False
 
 
 @functools.cache
 def inspect(path: str) -> FFmpeg:
     """The binary's version and capabilities: five runs of it the first time, then read from the cache (keyed by
     the binary's real path, size, mtime and inode, so a replaced binary is inspected again)."""
-    cached = _cache_file(path)
-    found = _read_cache(cached, path) if cached is not None else None
+    cached, found = _from_cache(path)
     if found is not None:
         return found
+    ff = FFmpeg(path, _version(path), parse_table(_run(path, "-muxers")), parse_protocols(_run(path, "-protocols")),
+                parse_table(_run(path, "-encoders")), parse_table(_run(path, "-filters")))
+    if cached is not None and _remember:
+        _write_cache(cached, ff)
+    return ff
+
+
+def _version(path: str) -> str:
     version = parse_version(_run(path, "-version"))
     if version == "unknown":
         raise FFmpegError(f"{path} does not look like ffmpeg (no version line)")
-    ff = FFmpeg(path, version, parse_table(_run(path, "-muxers")), parse_protocols(_run(path, "-protocols")),
-                parse_table(_run(path, "-encoders")), parse_table(_run(path, "-filters")))
-    if cached is not None:
-        _write_cache(cached, ff)
-    return ff
+    return version
+
+
+def _from_cache(path: str) -> tuple[Path | None, FFmpeg | None]:
+    """(the binary's cache file or None, what it holds or None)."""
+    cached = _cache_file(path)
+    return cached, _read_cache(cached, path) if cached is not None else None
 
 
 def _cache_file(path: str) -> Path | None:
@@ -172,10 +188,10 @@ def identify(override: str | None = None) -> FFmpeg:
     """The ffmpeg to use and its version, without asking it for its capabilities (relay mode's native fan-out runs
     no ffmpeg: four fewer processes at start)."""
     path = locate(override)
-    version = parse_version(_run(path, "-version"))
-    if version == "unknown":
-        raise FFmpegError(f"{path} does not look like ffmpeg (no version line)")
-    return FFmpeg(path, version, frozenset(), frozenset(), frozenset(), frozenset())
+    _, found = _from_cache(path)
+    if found is not None:  # what an earlier run learnt of it: no run at all
+        return found
+    return FFmpeg(path, _version(path), frozenset(), frozenset(), frozenset(), frozenset())
 
 
 def require(override: str | None = None, protocols: tuple[str, ...] = (), encoders: tuple[str, ...] = (),
