@@ -19,7 +19,7 @@ import pytest
 from restream import dualingest, fanout, plan, rtmp
 from restream import run as runner
 from support import FFMPEG, bound, event_ts, free_port, make_clip, probe, receivers_done, timing, wait_for
-from test_relay_mode import GONE, INGEST_KEY, Procs, assert_delivered, published_ok
+from test_relay_mode import GONE, INGEST_KEY, Procs, Publisher, assert_delivered, published_ok
 
 # -- which broadcasts go native (pure) -------------------------------------------------------------------------------
 
@@ -164,28 +164,18 @@ def procs(tmp_path: Path):
     p.close()
 
 
-class ClipPublisher:
+class ClipPublisher(Publisher):
     """The bundled ffmpeg publishing a fixed clip as it is (``-re -c copy``): what the receivers get is compared
-    with it packet by packet."""
+    with it packet by packet (waited for, read and killed as test_relay_mode's ``Publisher``)."""
 
     def __init__(self, clip: Path, port: int, key: str, log: Path) -> None:
         self.log = log
+        self.started = time.monotonic()
         with open(log, "wb") as f:
             self.proc = subprocess.Popen(
                 [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "warning", "-re", "-i", str(clip), "-c", "copy",
                  "-f", "flv", f"rtmp://127.0.0.1:{port}/live/{key}"],
                 stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        return self.proc.wait(timeout)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def packets(path: Path) -> dict[str, list[str]]:
