@@ -196,9 +196,11 @@ def _config(folder: Path, recs: list[Receiver]) -> dict[str, str]:
            "TERM": "xterm-256color"}
     env.pop("NO_COLOR", None)
     # byte code compiled once, as an installed package has it: with PYTHONDONTWRITEBYTECODE in the caller's
-    # environment every run would compile the modules changed since their .pyc (~0.1 s of CPU charged to restream)
+    # environment every run would compile the modules changed since their .pyc (~0.1 s of CPU charged to restream).
+    # No PYTHONPYCACHEPREFIX: under one, even the standard library's and Typer's .pyc files are not found, and the
+    # first run of each bench compiled them all (~0.5 s of CPU)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(folder.parent / "pycache")
+    env.pop("PYTHONPYCACHEPREFIX", None)
     env["RESTREAM_CACHE_DIR"] = str(folder.parent / "cache")  # what ffmpeg can do: learnt by the first run only
     import restream
 
