@@ -406,3 +406,32 @@ def test_plain_and_json_paths_do_not_import_rich():
             "print('rich' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_live_draws_a_burst_of_events_once_then_its_last_state():
+    """ffmpeg's start-up lines and the destinations' first states come as a burst: the live table is drawn at most
+    every REDRAW_GAP_S (each redraw costs ~5 ms of CPU), and what the burst left is drawn when the gap is over."""
+    import asyncio
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, force_terminal=True, color_system=None)
+    v = view.LiveView(console, err=io.StringIO())
+    burst = [ev.Started(T0, "default", "testsrc 1280x720@30", "/usr/bin/ffmpeg (7.0.2)", 4242, DESTS)]
+    burst += [ev.Log(T0, "info", f"ffmpeg start-up line {i}") for i in range(40)]
+    burst += [ev.DestState(T0 + 0.1, n, ev.LIVE) for n, _ in DESTS]
+
+    async def run() -> tuple[int, str]:
+        s = status.initial()
+        for e in burst:
+            s = status.reduce(s, e)
+            v.update(s, e)
+        drawn = buf.getvalue().count("elapsed")
+        deadline = time.monotonic() + 5
+        while "live 5/5" not in buf.getvalue() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # the held-back redraw is a timer on this loop
+        v.close(s)
+        return drawn, buf.getvalue()
+
+    drawn, out = asyncio.run(run())
+    assert 1 <= drawn <= 2, f"{drawn} redraws for a burst of {len(burst)} events"
+    assert "live 5/5" in out, "the burst's last state was never drawn"

@@ -30,6 +30,8 @@ from restream.status import DestStatus, Snapshot, ingests_label, outcome
 PROBLEM_LEVELS = ("panic", "fatal", "error", "warning")
 NOTICE_LEVEL = "restream"  # restream's own messages: shown in plain (not quiet) and JSON, not in the live view
 REPEAT_WINDOW_S = 60.0  # an identical message is shown at most once per this many seconds of event time
+REDRAW_GAP_S = 0.25  # the live table is redrawn at most 4 times a second, however many events come
+TRAFFIC_REDRAW_S = 0.9  # a traffic count alone redraws a screen nothing else redrew for this long
 
 
 class View(Protocol):
@@ -764,6 +766,18 @@ def _restore_tty(saved) -> None:
             pass
 
 
+def _call_later(delay: float, callback):
+    """``callback`` after ``delay`` seconds on the running event loop (the broadcast's); None without one."""
+    asyncio = sys.modules.get("asyncio")  # never imported here: with no asyncio there is no loop either
+    if asyncio is None:
+        return None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop.call_later(max(0.0, delay), callback)
+
+
 class LiveView:
     """A Rich ``Live`` table on a terminal, a final summary table left on screen at ``close``.
 
@@ -781,6 +795,8 @@ class LiveView:
         self._err_on_screen = err is None or (_isatty(err) and self.console.is_terminal)
         self._live = None
         self._drawn = 0.0   # time.monotonic() of the last redraw
+        self._latest: Snapshot | None = None  # the newest snapshot, drawn by the next redraw
+        self._later = None  # a redraw held back by REDRAW_GAP_S (an asyncio timer handle)
         self._throttle = Throttle()
         self._changes = StateChanges()
         self._closed = False
@@ -798,6 +814,7 @@ class LiveView:
                           redirect_stdout=self.console.file is sys.stdout,
                           redirect_stderr=self._err is sys.stderr)
         self._live.start(refresh=True)
+        self._drawn = time.monotonic()
         self._quiet_ctl = _no_echoctl()
 
     def update(self, snap: Snapshot, event: ev.Event) -> None:
@@ -808,13 +825,30 @@ class LiveView:
         problem = self._problem(snap, event)
         if problem is not None:
             self._say(snap, *problem)
-        now = time.monotonic()
-        # every event but the per-second traffic count (its bitrate shows with the next progress, 0.5 s later),
-        # which redraws only a screen nothing else redrew for a second (relay mode between publishers)
-        redraw = not isinstance(event, ev.Traffic) or now - self._drawn >= 0.9
-        if redraw:
-            self._drawn = now
-        self._live.update(self.render(snap), refresh=redraw)
+        self._latest = snap
+        since = time.monotonic() - self._drawn
+        if isinstance(event, ev.Traffic):
+            # the per-second traffic count (its bitrate shows with the next progress, 0.5 s later) redraws only a
+            # screen nothing else redrew for a second (relay mode between publishers: no progress)
+            if since >= TRAFFIC_REDRAW_S:
+                self._redraw()
+        elif since >= REDRAW_GAP_S:
+            self._redraw()  # progress every 0.5 s: the promised >= 2 Hz
+        elif self._later is None:
+            # a state change, a problem, ffmpeg's start-up lines: shown within REDRAW_GAP_S, a burst of them drawn
+            # once (each redraw of the table costs ~5 ms of CPU; ffmpeg's start alone sends dozens of lines)
+            self._later = _call_later(REDRAW_GAP_S - since, self._redraw)
+            if self._later is None:  # no event loop running (a caller outside the broadcast): draw now
+                self._redraw()
+
+    def _redraw(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        if self._closed or self._live is None or self._latest is None:
+            return
+        self._drawn = time.monotonic()
+        self._live.update(self.render(self._latest), refresh=True)
 
     def _problem(self, snap: Snapshot, e: ev.Event) -> tuple[str, str] | None:
         if isinstance(e, ev.DestState):
@@ -849,6 +883,9 @@ class LiveView:
         if self._closed:
             return
         self._closed = True
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         if self._live is not None:
             self._live.update(self.render(snap))
             self._live.stop()
