@@ -435,3 +435,48 @@ def test_live_draws_a_burst_of_events_once_then_its_last_state():
     drawn, out = asyncio.run(run())
     assert 1 <= drawn <= 2, f"{drawn} redraws for a burst of {len(burst)} events"
     assert "live 5/5" in out, "the burst's last state was never drawn"
+
+
+def _cells(console, renderable, width: int) -> list[list[tuple[str, object]]]:
+    """Each line as (character, style) pairs; spaces carry no visible style here (no background or underline is
+    used), so theirs is dropped, and trailing spaces too."""
+    from rich.segment import Segment
+
+    out = []
+    for line in console.render_lines(renderable, console.options.update_width(width), pad=False):
+        chars = [(ch, None if ch == " " else seg.style or None) for seg in Segment.simplify(line) for ch in seg.text]
+        while chars and chars[-1] == (" ", None):
+            chars.pop()
+        out.append(chars)
+    return out
+
+
+@pytest.mark.parametrize("width", [34, 45, 60, 80, 100, 120, 200])
+def test_live_table_draws_what_richs_table_draws(width):
+    """The live table is drawn straight as segments (Rich's Table costs ~5 ms a redraw): character for character
+    and style for style, it is what Rich's Table draws for the same columns, over every state, a removed row, long
+    and wide (CJK, emoji) names cut with an ellipsis, errors with and without room for them."""
+    now = T0 + 100
+    states = [ev.LIVE, ev.STALLED, ev.WAITING, ev.CONNECTING, ev.RETRYING, ev.FAILED, ev.STOPPED, "removed"]
+    names = ["youtube", "twitch-main-channel-with-a-long-name", "配信テスト先の名前", "🎥 stream 🎥 camera", "k",
+             "facebook", "x" * 40, "r"]
+    for with_errors in (False, True):
+        rows = tuple(
+            status.DestStatus(name=n, host=f"host-{i}.example.net:1935" if i % 2 else "a.rtmp.youtube.com",
+                              state=st, since=now - 7 * i, reconnects=i, uptime_s=61.0 * i,
+                              last_error=(f"Connection refused {MARK} " * (i % 3)).strip() or None
+                              if with_errors else None,
+                              kbps=4500.0 + i if st == ev.LIVE else None)
+            for i, (n, st) in enumerate(zip(names, states)))
+        snap = status.Snapshot(profile="default", started_at=T0, now=now, destinations=rows)
+        fast = view._dest_table(snap, width)
+        assert isinstance(fast, view._FixedTable), "these widths fit the kept columns"
+        reference = view._rich_table(fast.columns, fast.body, fast.row_styles)
+        if fast.reasons:
+            reference = view._WithReasons(reference, fast.reasons, head=2)
+        console = Console(width=width, force_terminal=True, color_system="truecolor", file=io.StringIO())
+        ours, richs = _cells(console, fast, width), _cells(console, reference, width)
+        assert ours == richs, "\n".join(
+            f"{''.join(c for c, _ in a)!r}\n{''.join(c for c, _ in b)!r}" for a, b in zip(ours, richs) if a != b)
+        if width <= 120:  # (at 200 columns every name fits its column)
+            assert any("…" in "".join(c for c, _ in line) for line in ours), "a cut cell is covered"
