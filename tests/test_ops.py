@@ -538,6 +538,23 @@ def test_second_go_on_a_busy_profile_exits_6_at_once(receiver, config_dir):
             _kill_tree(first)
 
 
+def test_the_broadcast_lock_is_exclusive_private_and_released(tmp_path):
+    """The lock is flock itself (filelock's import cost ~20 ms on the way to going live): a second taker is refused
+    while it is held (flock locks belong to an open file, so even this same process is refused), the file is 0600,
+    and it can be taken again once released."""
+    from restream import runtime
+
+    path = tmp_path / "default.lock"
+    release = runtime._try_lock(path)
+    assert release is not None
+    assert runtime._try_lock(path) is None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    release()
+    again = runtime._try_lock(path)
+    assert again is not None
+    again()
+
+
 @pytest.mark.e2e
 @support.timing
 @pytest.mark.timeout(120)
