@@ -839,12 +839,10 @@ class LiveView:
 
     def __init__(self, console=None, *, stream: IO[str] | None = None, err: IO[str] | None = None,
                  no_color: bool | None = None) -> None:
-        from rich.console import Console
-
-        stream = sys.stdout if stream is None else stream
-        self.console = console if console is not None else Console(file=stream, no_color=no_color, highlight=False)
+        self._console = console
+        self._stream = sys.stdout if stream is None else stream
+        self._no_color = no_color
         self._err = err
-        self._err_on_screen = err is None or (_isatty(err) and self.console.is_terminal)
         self._live = None
         self._drawn = 0.0   # time.monotonic() of the last redraw
         self._latest: Snapshot | None = None  # the newest snapshot, drawn by the next redraw
@@ -852,6 +850,19 @@ class LiveView:
         self._throttle = Throttle()
         self._changes = StateChanges()
         self._closed = False
+
+    @property
+    def console(self):
+        """Rich's console, made at first use: Rich's import (~30 ms) then runs while ffmpeg starts, not before."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self._stream, no_color=self._no_color, highlight=False)
+        return self._console
+
+    @property
+    def _err_on_screen(self) -> bool:
+        return self._err is None or (_isatty(self._err) and self.console.is_terminal)
 
     @staticmethod
     def render(snap: Snapshot):
