@@ -1,6 +1,6 @@
 """Whole-tree CPU of `restream go` next to the expert's tee one-liner and PyLivestream, same input, side by side.
 
-Usage:  python bench/go_cpu.py [--seconds 20] [--rounds 3]
+Usage:  python bench/go_cpu.py [--seconds 30] [--rounds 3]
 
 Input: a 1280x720 30 fps file (test card + tone, H.264 3000k, AAC) made once per run of this script; every contender
 reads it with ``-re`` and encodes it (libx264 veryfast, 4500k, keyframe every 2 s, AAC 160k 48 kHz) for
@@ -104,7 +104,7 @@ def run_pylivestream(py: Path, n: int, seconds: int, infile: Path, tmp: Path) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--seconds", type=int, default=30)  # issue 16 measured a 30 s file
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pls-venv", type=Path, default=None, help="a venv with pylivestream (made if missing)")
     args = ap.parse_args()
@@ -136,17 +136,26 @@ def main() -> None:
         values = [getattr(r, attr) for r in runs[(kind, n)] if getattr(r, attr) is not None]
         return statistics.median(values) if values else float("nan")
 
+    def paired(kind: str, n: int, other: str, m: int, attr: str = "total") -> str:
+        """The ratio within each round (both ran minutes apart at most, under the same load), and their median."""
+        pairs = [getattr(a, attr) / getattr(b, attr) for a, b in zip(runs[(kind, n)], runs[(other, m)])
+                 if getattr(a, attr) and getattr(b, attr)]
+        if not pairs:
+            return ""
+        return f"; per round {' '.join(f'{x:.3f}' for x in pairs)}, their median {statistics.median(pairs):.3f}"
+
     r5, h5, p5, r1, h1 = med("restream", 5), med("hand", 5), med("pls", 5), med("restream", 1), med("hand", 1)
     load = " ".join(f"{x:.1f}" for x in load_before) + " -> " + " ".join(f"{x:.1f}" for x in load_after)
     print(f"go_cpu: {args.seconds} s of 720p30 from a file, {args.rounds} rounds interleaved, medians; "
           f"load {load}")
     print(f"GO5 restream {r5:.2f} s (Python {med('restream', 5, 'python'):.2f} s) vs one-liner {h5:.2f} s: "
-          f"ratio {r5 / h5:.3f}")
+          f"ratio {r5 / h5:.3f}{paired('restream', 5, 'hand', 5)}")
     print(f"GO1 restream {r1:.2f} s (Python {med('restream', 1, 'python'):.2f} s) vs one-liner {h1:.2f} s: "
-          f"ratio {r1 / h1:.3f}")
-    print(f"PLS restream {r5:.2f} s vs PyLivestream {p5:.2f} s: ratio {r5 / p5:.3f}")
+          f"ratio {r1 / h1:.3f}{paired('restream', 1, 'hand', 1)}")
+    print(f"PLS restream {r5:.2f} s vs PyLivestream {p5:.2f} s: ratio {r5 / p5:.3f}{paired('restream', 5, 'pls', 5)}")
     f5, fh5 = med("restream", 5, "first"), med("hand", 5, "first")
-    print(f"LAUNCH5 restream {f5:.2f} s vs one-liner {fh5:.2f} s: ratio {f5 / fh5:.3f}")
+    print(f"LAUNCH5 restream {f5:.2f} s vs one-liner {fh5:.2f} s: ratio {f5 / fh5:.3f}"
+          f"{paired('restream', 5, 'hand', 5, 'first')}")
     print("runs: " + json.dumps({f"{k}{n}": [round(r.total, 2) for r in v] for (k, n), v in runs.items()}))
     print("exit codes: " + json.dumps({f"{k}{n}": [r.code for r in v] for (k, n), v in runs.items()}))
     print("command: python bench/go_cpu.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
