@@ -25,6 +25,7 @@ Benches (NAME), each measured side by side in one run of its own:
                  its ffmpeg.
 * ``slate``      bench/slate.py (slow): at the receiver, source killed/stalled -> slate and new publisher -> its
                  picture (medians of 5 rounds), and the switcher thread's CPU at 1280x720@30 (a "Slate" section).
+* ``slate_rss``  bench/slate_rss.py: peak RSS of the Python process, `restream relay --slate`, 5 destinations.
 * ``soak``       bench/soak.py --minutes 30 (slow; skipped with --skip-soak): its figures are read from --soak-json
                  (default: the newest restream-soak-*.json in the temp directory), and it draws docs/soak.png.
 
@@ -631,6 +632,20 @@ def slate_rows(f: dict) -> list[dict]:
     return rows
 
 
+# -- slate_rss: peak memory with 5 destinations and --slate ------------------------------------------------------
+
+def bench_slate_rss(fast: bool) -> dict:
+    argv = ["bench/slate_rss.py", "--seconds", "25"]
+    out = run_script(argv, 600)
+    m = re.search(r"^RSS5SLATE ([\d.]+) MB \((.*)\)", out, re.M)
+    if not m:
+        raise RuntimeError(f"cannot read bench/slate_rss.py output: {out[-500:]!r}")
+    mb = float(m.group(1))
+    return {"command": "python " + " ".join(argv), "rows": [
+        row("peak RSS (VmHWM) of restream's Python process, `restream relay --slate`, 5 destinations, 1280x720@30",
+            None, f"{mb:.1f} MB ({m.group(2)})", "<= 60 MB", mb <= 60)]}
+
+
 # -- the document -------------------------------------------------------------------------------------------------
 
 BENCHES = [  # name, function, slow; in the order of the table
@@ -643,6 +658,7 @@ BENCHES = [  # name, function, slow; in the order of the table
     ("faults", measure_faults, False),
     ("list", bench_list, False),
     ("slate", bench_slate, True),
+    ("slate_rss", bench_slate_rss, False),
     ("profile", bench_profile, True),
 ]
 
