@@ -743,7 +743,7 @@ def render(results: dict, soak: dict | None) -> str:
                       "| kind | share | function |", "|---|---:|---|",
                       *[f"| {k} | {v.strip()} | `{f}` |" for k, v, f in p["entries"] if k == "self"][:8],
                       *[f"| {k} | {v.strip()} | `{f}` |" for k, v, f in p["entries"]
-                        if k == "total" and "restream/" in f and "cli.py" not in f and "__main__" not in f][:6], ""]
+                        if k == "total" and "restream/" in f and "restream/cli" not in f and "__main__" not in f][:6], ""]
     if soak:
         s = soak
         rs, rc, m = s["rss"], s["reconnect"], s["machine"]

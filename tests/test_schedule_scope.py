@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from restream import cli_ops, schedule
+from restream import schedule
+from restream.cli import ops as cli_ops
 from test_ops import _crontab, real_crontab, rs  # noqa: F401  (real_crontab is a fixture)
 
 LONG = "/srv/a-rather-long-directory/with/several/levels/of/folders/weekly-show-of-the-community.mp4"

@@ -1,5 +1,5 @@
 """The entry point of `restream` and `python -m restream`: the fast path first (list, show and the root help
-without Typer: fastpath.py), else the Typer app (cli.py)."""
+without Typer: fastpath.py), else the Typer app (the cli package)."""
 
 import sys
 

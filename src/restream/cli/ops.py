@@ -1,7 +1,8 @@
 """Operations commands: `doctor`, `check` and `schedule add/list/remove`; thin, over doctor/check/schedule.
 
-``cli`` registers them with ``register(app, exit_code_for)``: errors become one stderr line and their exit code
-through cli's own mapping (this module maps nothing itself, and imports nothing heavy at start-up).
+The cli package (``restream.cli``) registers them with ``register(app, exit_code_for)``: errors become one stderr
+line and their exit code through cli's own mapping (this module maps nothing itself, does not import
+``restream.cli``, and imports nothing heavy at start-up).
 """
 
 from __future__ import annotations
