@@ -4,7 +4,8 @@ Every view has ``update(snapshot, event)`` (called after each event, with the sn
 ``close(snapshot)``. Views only show what is in the snapshot or the event; text in events is redacted upstream.
 
 Rich is imported lazily, inside the live view, so the plain and JSON paths stay light.
-Timing (progress cadence, throttling of repeats) uses the events' ``ts``, never the clock: views are deterministic.
+Timing (progress cadence, throttling of repeats) uses the events' ``ts``, never the clock: what views show is
+deterministic. Only how often the live view redraws its table (at most every ``REDRAW_GAP_S``) follows the clock.
 
 Formats (documented for users in ``docs/json-events.md``):
 
