@@ -381,19 +381,21 @@ class _Session:
         self.pacer: pacing.Pacer | None = None  # while streaming: read in batches
 
     async def _read_some(self) -> bytes:
+        """One read, within READ_TIMEOUT_S; reading in batches, one timer per read (the pacer's wait, shorter)."""
         pacer = self.pacer
-        if pacer is None or pacer.lowat == 1:
-            return await self.reader.read(_READ)
-        try:
-            async with asyncio.timeout(PACE_WAIT_S):
+        if pacer is not None and pacer.lowat != 1:
+            try:
+                async with asyncio.timeout(PACE_WAIT_S):
+                    return await self.reader.read(_READ)
+            except TimeoutError:  # the publisher slowed down or paused: take what there is, byte by byte again
+                pacer.release()
+            async with asyncio.timeout(READ_TIMEOUT_S - PACE_WAIT_S):
                 return await self.reader.read(_READ)
-        except TimeoutError:  # the publisher slowed down or paused: take what there is, byte by byte again
-            pacer.release()
+        async with asyncio.timeout(READ_TIMEOUT_S):
             return await self.reader.read(_READ)
 
     async def _read(self) -> bytes:
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            data = await self._read_some()
+        data = await self._read_some()
         if not data:
             raise ConnectionResetError("the publisher disconnected")
         self.last_data = time.monotonic()
