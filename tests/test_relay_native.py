@@ -47,6 +47,31 @@ def test_relay_native_is_decided_by_a_pure_function(relay_mode, enc, targets, re
     assert runner.relay_native(relay_mode, enc, targets, record, slate) is native
 
 
+def test_the_native_path_imports_nothing_it_does_not_use(tmp_path):
+    """Start-up is most of a short relay's CPU (issue 16): the modules of the ffmpeg path's extras (the slate's
+    switcher, the slot listeners' peer check), ffmpeg-python and filelock stay unimported by what relay runs."""
+    import json
+    import os
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json, sys
+        from restream import cli, fanout, ingest, runtime, view
+        from restream import run as runner
+        from restream import plan
+        assert cli.slate_options("ffmpeg", None, "10m", plan.Input("listen")) is None
+        with runtime.broadcast_lock("default", "relay"):
+            pass
+        print(json.dumps(sorted(m for m in ("restream.sources", "restream.switcher", "restream.peercheck",
+                                            "filelock", "ffmpeg", "rich") if m in sys.modules)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                         env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 # -- timestamps, codecs, one serialization (pure) --------------------------------------------------------------------
 
 def _video(ts: int, key: bool = False, config: bool = False, codec: int = 7) -> rtmp.Message:
