@@ -57,7 +57,8 @@ def test_the_native_path_imports_nothing_it_does_not_use(tmp_path):
 
     script = textwrap.dedent("""
         import json, sys
-        from restream import cli, fanout, ingest, runtime, view
+        from restream import fanout, ingest, runtime, view
+        from restream.cli import broadcast as cli
         from restream import run as runner
         from restream import plan
         assert cli.slate_options("ffmpeg", None, "10m", plan.Input("listen")) is None
