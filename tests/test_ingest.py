@@ -167,3 +167,37 @@ def test_a_publisher_is_never_cut_between_its_fcunpublish_and_its_deletestream()
     cut, events = asyncio.run(main())
     assert not cut, "the gate reset the publisher before its deleteStream"
     assert events[:1] == ["publishing"]
+
+
+def test_the_gate_reads_a_publisher_in_batches_of_its_own_length():
+    """The pacer sets the socket's low mark to a batch of the measured rate: the gate's batch (PACE_BATCH_S), the
+    slot relay's default otherwise; a low mark above LOWAT_MAX is capped, and release goes back to every byte."""
+    from types import SimpleNamespace
+
+    from restream import pacing
+
+    class Sock:
+        def __init__(self) -> None:
+            self.set: list[int] = []
+
+        def setsockopt(self, level, opt, value) -> None:
+            self.set.append(value)
+
+    def paced(batch_s=None):
+        sock = Sock()
+        transport = SimpleNamespace(get_extra_info=lambda name: sock if name == "socket" else None)
+        p = pacing.Pacer(transport) if batch_s is None else pacing.Pacer(transport, batch_s)
+        p.tick(100.0)
+        p.rx = 400_000  # 400 kB in one second
+        p.tick(101.0)
+        return p, sock
+
+    gate, sock = paced(ingest.PACE_BATCH_S)
+    assert sock.set == [int(400_000 * ingest.PACE_BATCH_S)] == [gate.lowat]
+    assert ingest.PACE_BATCH_S < ingest.PACE_WAIT_S < ingest.READ_TIMEOUT_S
+    relay, sock = paced()
+    assert sock.set == [int(400_000 * pacing.BATCH_S)]
+    big, sock = paced(1.0)
+    assert sock.set == [pacing.LOWAT_MAX]
+    big.release()
+    assert sock.set[-1] == 1 and big.lowat == 1

@@ -47,6 +47,32 @@ def test_relay_native_is_decided_by_a_pure_function(relay_mode, enc, targets, re
     assert runner.relay_native(relay_mode, enc, targets, record, slate) is native
 
 
+def test_the_native_path_imports_nothing_it_does_not_use(tmp_path):
+    """Start-up is most of a short relay's CPU (issue 16): the modules of the ffmpeg path's extras (the slate's
+    switcher, the slot listeners' peer check), ffmpeg-python and filelock stay unimported by what relay runs."""
+    import json
+    import os
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json, sys
+        from restream import fanout, ingest, runtime, view
+        from restream.cli import broadcast as cli
+        from restream import run as runner
+        from restream import plan
+        assert cli.slate_options("ffmpeg", None, "10m", plan.Input("listen")) is None
+        with runtime.broadcast_lock("default", "relay"):
+            pass
+        print(json.dumps(sorted(m for m in ("restream.sources", "restream.switcher", "restream.peercheck",
+                                            "filelock", "ffmpeg", "rich") if m in sys.modules)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                         env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 # -- timestamps, codecs, one serialization (pure) --------------------------------------------------------------------
 
 def _video(ts: int, key: bool = False, config: bool = False, codec: int = 7) -> rtmp.Message:
@@ -110,9 +136,9 @@ def test_each_message_is_serialized_once_and_the_same_bytes_go_to_every_destinat
     calls = []
     real = rtmp.serialize
 
-    def counting(m, size):
+    def counting(m, size, stream_id=None):
         calls.append(m.timestamp)
-        return real(m, size)
+        return real(m, size, stream_id)
 
     rtmp.serialize, saved = counting, rtmp.serialize
     try:
@@ -123,8 +149,35 @@ def test_each_message_is_serialized_once_and_the_same_bytes_go_to_every_destinat
     assert len(calls) == 5, calls  # once per message, not once per destination
     assert all(len(w) == 1 for w in written), "one write per destination per batch"
     assert len({w[0] for w in written}) == 1, "every destination got the same bytes"
+    assert len({id(w[0]) for w in written}) == 1, "the batch joined once, the same bytes object written to all"
     parsed = rtmp.ChunkParser().feed(written[0][0])  # (a leg writes at RTMP's default chunk size until it sets one)
     assert [(m.type_id, m.timestamp) for m in parsed] == [(9, 0), (8, 0), (9, 0), (8, 21), (9, 33)]
+
+
+def test_a_batch_shared_by_the_legs_that_take_it_whole_and_cut_for_the_others():
+    """One join per batch is shared only where a leg takes the whole batch at the same stream id and chunk size: a
+    leg waiting for a keyframe starts at it, an overflowing one takes the headers only, another chunk size gets
+    its own chunks."""
+    feed, written = _fake_feed(4)
+    waiting, full, other = (feed.dests[i].legs[0] for i in (1, 2, 3))
+    waiting.need_key = True
+    full.transport.size = dualingest.LEG_BUFFER + 1
+    other.out.chunk_size = 16
+    batch = [_audio(0), _video(0), _video(33, key=True), _audio(40), _video(66)]
+    feed.messages(batch)
+
+    def got(i):
+        return [(m.type_id, m.timestamp) for m in rtmp.ChunkParser(16 if i == 3 else 128).feed(b"".join(written[i]))]
+
+    everything = [(8, 0), (9, 0), (9, 33), (8, 40), (9, 66)]
+    assert got(0) == everything and got(3) == everything
+    assert written[3][0] != written[0][0], "another chunk size: other bytes"
+    assert got(1) == [(9, 33), (8, 40), (9, 66)] and not waiting.need_key, "from the keyframe on"
+    assert written[2] == [] and full.need_key, "overflowing: dropped until the next keyframe"
+    full.transport.size = 0
+    feed.messages([_audio(80, config=True), _video(100), _video(133, key=True)])
+    assert [(m.type_id, m.timestamp) for m in rtmp.ChunkParser().feed(b"".join(written[2]))] == [(8, 80), (9, 133)]
+    assert got(0) == everything + [(8, 80), (9, 100), (9, 133)]
 
 
 def test_a_late_destination_gets_headers_then_the_kept_gop_and_a_slow_one_drops_to_a_keyframe():

@@ -95,13 +95,21 @@ class Wire:
     def get(self, stream_id: int, chunk_size: int) -> bytes:
         data = self.cache.get((stream_id, chunk_size))
         if data is None:
-            m = self.m
-            data = self.cache[(stream_id, chunk_size)] = rtmp.serialize(
-                rtmp.Message(m.csid, m.timestamp, m.type_id, stream_id, m.payload), chunk_size)
+            data = self.cache[(stream_id, chunk_size)] = rtmp.serialize(self.m, chunk_size, stream_id)
         return data
 
 
 Media = list[tuple[rtmp.Message, "str | None", Wire]]  # (message, header_kind(message), its wire form)
+Joined = dict[tuple[int, int], bytes]  # a whole batch's wire form per (stream id, chunk size), shared by the legs
+
+
+def joined(batch: Media, stream_id: int, chunk_size: int, cache: Joined) -> bytes:
+    """All of ``batch`` as chunks for (stream id, chunk size): joined once per batch, whichever leg asks first, and
+    the same bytes written by every other leg that takes the whole batch (the usual case: all of them)."""
+    data = cache.get((stream_id, chunk_size))
+    if data is None:
+        data = cache[(stream_id, chunk_size)] = b"".join([wire.get(stream_id, chunk_size) for _, _, wire in batch])
+    return data
 
 
 class Fed:
@@ -166,18 +174,21 @@ class Fed:
                 leg.stop()
         self._close_source()
 
-    def media(self, batch: Media) -> None:
-        """The source's media messages, in order: each leg takes what it can (one write per leg per batch)."""
+    def media(self, batch: Media, cache: Joined | None = None) -> None:
+        """The source's media messages, in order: each leg takes what it can (one write per leg per batch).
+        ``cache``: the batch's joined wire forms, shared with the other destinations fed the same batch."""
         for m, kind, _ in batch:
             if kind is not None:
                 self.headers[kind] = m
             if m.type_id == rtmp.VIDEO:
                 self.has_video = True
+        if cache is None:
+            cache = {}
         for leg in self.legs:
             if leg.live and not leg.ending and leg.writer is not None:
-                parts = [w for m, kind, wire in batch if (w := leg.take(m, kind, wire))]
-                if parts:
-                    leg._write(b"".join(parts))
+                data = leg.take_batch(batch, cache)
+                if data:
+                    leg._write(data)
 
     def _end(self, in_order: bool, closing: bool) -> None:
         """Nothing more comes from the source: live legs end their stream (in order: FCUnpublish, drain, close), the
@@ -545,6 +556,13 @@ class _Leg:
         data = self.take(m, kind, Wire(m))
         if data:
             self._write(data)
+
+    def take_batch(self, batch: Media, cache: Joined) -> bytes:
+        """What this (live) leg writes of ``batch``: all of it (the bytes shared with every leg that takes it all) when
+        it is neither overflowing nor waiting for a keyframe, else message by message (``take``)."""
+        if not self.need_key and self.transport.get_write_buffer_size() <= LEG_BUFFER:  # type: ignore[union-attr]
+            return joined(batch, self.stream_id, self.out.chunk_size, cache)
+        return b"".join([w for m, kind, wire in batch if (w := self.take(m, kind, wire))])
 
     def take(self, m: rtmp.Message, kind: str | None, wire: Wire) -> bytes | None:
         """What this (live) leg writes of ``m``: its chunks, or None (overflowing, waiting for a keyframe)."""

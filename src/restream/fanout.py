@@ -173,9 +173,10 @@ class Feed:
             if kind is None:
                 self._keep(item)
         if batch:
+            cache: dualingest.Joined = {}  # each destination that takes the whole batch writes the same bytes
             for dest in self.dests:
                 if not dest.over:
-                    dest.media(batch)
+                    dest.media(batch, cache)
 
     def _keep(self, item: tuple) -> None:
         m = item[0]

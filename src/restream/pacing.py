@@ -20,10 +20,11 @@ LOWAT_MAX = 64 * 1024   # ... and at most this many bytes
 
 
 class Pacer:
-    __slots__ = ("transport", "rx", "at", "lowat")
+    __slots__ = ("transport", "batch_s", "rx", "at", "lowat")
 
-    def __init__(self, transport: asyncio.BaseTransport | None) -> None:
+    def __init__(self, transport: asyncio.BaseTransport | None, batch_s: float = BATCH_S) -> None:
         self.transport = transport
+        self.batch_s = batch_s  # a batch: about this long of the stream
         self.rx = 0         # bytes read since ``at``
         self.at = 0.0       # time.monotonic() of the last tick (0: none yet)
         self.lowat = 1      # the socket's SO_RCVLOWAT as last set
@@ -31,7 +32,7 @@ class Pacer:
     def tick(self, now: float) -> None:
         """Set the low mark from the rate since the last tick (call it every few hundred ms while live)."""
         if self.at and now > self.at:
-            want = max(1, min(LOWAT_MAX, int(self.rx / (now - self.at) * BATCH_S)))
+            want = max(1, min(LOWAT_MAX, int(self.rx / (now - self.at) * self.batch_s)))
             if want != self.lowat and (want == 1 or abs(want - self.lowat) * 4 > self.lowat):
                 self._set(want)
         self.rx, self.at = 0, now

@@ -617,8 +617,10 @@ def _basic_header(fmt: int, csid: int) -> bytes:
 _TYPE_SID = struct.Struct("<BI")
 
 
-def serialize(msg: Message, chunk_size: int) -> bytes:
-    """``msg`` as chunks of ``chunk_size``: one fmt 0 chunk, then fmt 3 continuations (extended timestamp repeated)."""
+def serialize(msg: Message, chunk_size: int, stream_id: int | None = None) -> bytes:
+    """``msg`` as chunks of ``chunk_size``: one fmt 0 chunk, then fmt 3 continuations (extended timestamp repeated).
+    ``stream_id``: the message stream id written instead of ``msg.stream_id`` (a message passed on to another
+    connection, with no copy of it made)."""
     if chunk_size < 1:
         raise RtmpError("chunk size must be at least 1")
     ts = msg.timestamp & 0xFFFFFFFF
@@ -629,7 +631,7 @@ def serialize(msg: Message, chunk_size: int) -> bytes:
     ext = ts >= 0xFFFFFF
     field = 0xFFFFFF if ext else ts
     head = (_basic_header(0, msg.csid) + field.to_bytes(3, "big") + length.to_bytes(3, "big")
-            + _TYPE_SID.pack(msg.type_id, msg.stream_id & 0xFFFFFFFF))
+            + _TYPE_SID.pack(msg.type_id, (msg.stream_id if stream_id is None else stream_id) & 0xFFFFFFFF))
     if ext:
         head += ts.to_bytes(4, "big")
     if length <= chunk_size:

@@ -33,7 +33,7 @@ END_BOUND_S = Q_GRACE_S + 2 * SIGNAL_GRACE_S + 1.0
 END_SLACK_S = 0.25  # stream time this close to the end (-t, a file's length) counts as the end
 TRAFFIC_INTERVAL_S = 1.0
 SRT_SETTLE_S = 3.0
-WATCH_INTERVAL_S = 0.1  # one stat() of the profile: cheap; live changes apply within ~1 s (README)
+WATCH_INTERVAL_S = 0.25  # one stat() of the profile (and a trip round the loop); live changes apply within ~1 s (README)
 NOTICE = "restream"  # level of restream's own notices in Log events
 # Relay mode: what ffmpeg's listener says when a publisher is rejected or leaves; restream reports those itself.
 RELAY_ROUTINE = ("Unexpected stream", "Error opening input", "Unable to read handshake", "Error during demuxing",

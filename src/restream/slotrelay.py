@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from restream import dualingest, pacing, peercheck, rtmp, sockstat
+from restream import dualingest, pacing, rtmp, sockstat
 
 log = logging.getLogger(__name__)
 
@@ -729,6 +729,8 @@ class SlotRelay:
             return "an unknown peer"
         who = f"{peer[0]}:{peer[1]}"
         assert self._pid is not None
+        from restream import peercheck  # (here: relay mode's native fan-out has no slot listeners, so no strangers)
+
         verdict = peercheck.owner_check(self._pid, peer[:2], ours[:2])
         if verdict.ok:
             # ffmpeg's own: even beside a session that still looks live here. ffmpeg opens a second connection on a

@@ -82,13 +82,13 @@ class _OptionalValue(typer.core.TyperCommand):
 
 def slate_options(ffmpeg_path: str, slate: str | None, timeout: str, inp) -> object | None:
     """--slate [FILE] and --slate-timeout, checked before anything starts (the file is opened as it will be)."""
-    from restream import discover, plan, sources
-    from restream import run as runner
-
     if slate is None:
         if timeout != "10m":
             raise UsageError("--slate-timeout goes with --slate")
         return None
+    from restream import discover, plan, sources  # (only with --slate: sources imports the frame switcher)
+    from restream import run as runner
+
     if inp.kind in ("file", "test"):
         raise UsageError("--slate is for live inputs (a URL, a device, relay mode's publishers): a file or the test "
                          "card never goes away")
