@@ -236,7 +236,7 @@ def main() -> int:
     rf, nf = med("restream", slowest), med("nginx", slowest)
     load = " ".join(f"{x:.1f}" for x in load_before) + " -> " + " ".join(f"{x:.1f}" for x in load_after)
     print(f"relay_nginx: {args.seconds} s, 5 x 3 Mbit/s, {args.rounds} rounds alternating, medians; load {load}")
-    print(f"CPU restream relay {rc:.2f} s vs nginx push {nc:.2f} s: ratio {rc / nc:.1f}")
+    print(f"CPU restream relay {rc:.2f} s vs nginx push {nc:.2f} s: ratio {rc / nc:.2f}")
     print(f"FIRST restream {rf:.2f} s vs nginx {nf:.2f} s (slowest of 5 receivers, from the publisher's first packet)")
     print("runs: " + " ".join(f"{w}={[round(r['cpu'], 2) for r in v]}" for w, v in res.items()))
     print("got: " + " ".join(f"{w}={[r['got'] for r in v]}" for w, v in res.items()))

@@ -163,13 +163,13 @@ def parse_go_cpu(out: str) -> list[dict]:
 # -- relay_nginx: restream relay vs nginx-rtmp push ----------------------------------------------------------------
 
 def bench_relay_nginx(fast: bool) -> dict:
-    argv = ["bench/relay_nginx.py", "--seconds", "20", "--rounds", "3"]
+    argv = ["bench/relay_nginx.py", "--seconds", "30", "--rounds", "3"]  # 30 s: issue 16's relay run
     rows = parse_relay_nginx(run_script(argv, 1800))
-    old = os.environ.get("RESTREAM_BENCH_OLD_SRC")  # e.g. main's src/ before issue 16's native fan-out
+    old = os.environ.get("RESTREAM_BENCH_OLD_SRC")  # e.g. an earlier commit's src/ (git archive), for a before/after
     if old:  # the same bench on that code, right after (its restream imported from there)
+        label = os.environ.get("RESTREAM_BENCH_OLD_LABEL", "an earlier commit")
         for r in parse_relay_nginx(run_script(argv, 1800, env={"PYTHONPATH": old})):
-            rows.append({**r, "what": r["what"] + " (code before the native fan-out: ffmpeg's tee, "
-                                                   "RESTREAM_BENCH_OLD_SRC)"})
+            rows.append({**r, "what": r["what"] + f" (the code of {label}, RESTREAM_BENCH_OLD_SRC)"})
     return {"command": "python " + " ".join(argv), "rows": rows}
 
 
@@ -179,9 +179,11 @@ def parse_relay_nginx(out: str) -> list[dict]:
     if not (c and f):
         raise RuntimeError(f"cannot read bench/relay_nginx.py output: {out[-500:]!r}")
     rf, nf = float(f.group(1)), float(f.group(2))
+    length = re.search(r"^relay_nginx: (\d+) s,", out, re.M)
+    secs = length.group(1) if length else "?"
     return [
         row("CPU: `restream relay` (copy) vs nginx-rtmp `push`, 1 publisher -> 5 x 3 Mbit/s, whole tree",
-            float(c.group(3)), f"{c.group(1)} s vs {c.group(2)} s (20 s, median of 3)", "<= 3x",
+            float(c.group(3)), f"{c.group(1)} s vs {c.group(2)} s ({secs} s, median of 3)", "<= 3x",
             float(c.group(3)) <= 3),
         row("first media at the slowest of 5 receivers after the publisher starts, `restream relay` vs nginx-rtmp",
             rf / nf if nf else None, f"{rf:.2f} s vs {nf:.2f} s (median of 3)", "restream <= 1 s", rf <= 1.0),
