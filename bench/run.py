@@ -715,12 +715,20 @@ def render(results: dict, soak: dict | None) -> str:
                   "",
                   "Since issue 16, `restream relay` copying to RTMP(S) destinations runs no ffmpeg (the native "
                   "fan-out: the gate's verified publisher's messages go straight to one publishing connection per "
-                  "destination); the rows marked *code before the native fan-out* are the same bench on the code "
-                  "before it (ffmpeg's tee behind the gate), run right after. What is left is Python's own: about "
-                  "0.27 s to start (interpreter, imports, one `ffmpeg -version` to name the binary), about 6 ms a "
-                  "second of housekeeping (status file, profile watch, traffic), and about 15 ms a second to take "
-                  "in 3 Mbit/s and send it five times (measured apart on this machine, 2026-12-02): over 20 s the "
-                  "start alone is 1.5x nginx's whole run, so the ratio falls with a longer run."]
+                  "destination); rows marked *the code of ...* are the same bench on that earlier code "
+                  "(`RESTREAM_BENCH_OLD_SRC`), run right after. What is left is Python's own: about 0.25 s to start "
+                  "(interpreter, Typer and Click, asyncio, ~40 ms of dataclass creation), housekeeping each second "
+                  "(status file, traffic; the profile watch every 0.25 s) and the fan-out itself (the gate reads the "
+                  "publisher in ~0.1 s batches, each written once to every destination). The start is a fixed cost, "
+                  "so the ratio falls with a longer run: the issue's run is 30 s.",
+                  "",
+                  "In `go_cpu`, restream's own cost while live is mostly the slot relay's reading and writing and, "
+                  "with the live view, its redraws: since this round the table is drawn at most every 0.25 s (progress "
+                  "keeps it at 2 Hz) and without Rich's Table layout (0.9 ms a redraw, was 6.4 ms), and a burst of "
+                  "events is drawn once (ffmpeg's start-up lines had cost ~47 redraws, during which the relay on the "
+                  "same loop forwarded nothing: launch -> first media fell from 0.82 s to about 0.5 s). What remains "
+                  "between the launch and ffmpeg's start is about 0.2 s of Python (interpreter, Typer, asyncio, the "
+                  "file's probe), which a bare ffmpeg does not pay: a Python tool cannot come within 5 % of it."]
     if "list" in results:
         lines += ["", "Reading the `list`/`show`/`--help` rows: `restream` is the installed console script. Since issue 16 "
                   "these three command lines are answered by `src/restream/fastpath.py` without importing Typer, Click "
