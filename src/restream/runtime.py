@@ -1,8 +1,9 @@
 """One broadcast per profile: the broadcast lock, and the small status file other commands read while it runs.
 
 The lock is an OS file lock (``flock``; filelock where there is no fcntl), so the kernel drops it when its holder
-dies, however it dies: a lock left by a killed run never blocks the next one. Beside it, ``run/<profile>.json`` (mode 0600) names
-the holder (PID, start time) and carries its latest per-destination status for ``restream status``.
+dies, however it dies: a lock left by a killed run never blocks the next one. Beside it, ``run/<profile>.json``
+(mode 0600) names the holder (PID, start time) and carries its latest per-destination status for
+``restream status``.
 """
 
 from __future__ import annotations
