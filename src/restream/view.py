@@ -629,8 +629,8 @@ def _dest_table(snap: Snapshot, width: int):
     keep = fit_columns(widths, "error" if has_error else None, 10, ["host", "error", "recon", "since", "kbps",
                                                                      "uptime"], width)
     spare = _spare(widths, keep, width)
-    columns = [(key, headers[key], spare if key == "error" else widths[key], key in ("since", "uptime", "recon", "kbps"))
-               for key in keep]
+    right = ("since", "uptime", "recon", "kbps")
+    columns = [(key, headers[key], spare if key == "error" else widths[key], key in right) for key in keep]
 
     def styled(i: int, key: str) -> tuple[str, str]:
         d = rows[i]
