@@ -160,7 +160,7 @@ def test_resolver_runs_a_command_once_per_source(tmp_path):
                      "p.write_text(str(int(p.read_text() or 0) + 1) if p.exists() else '1')\nprint('k-123')\n")
     r = keysource.Resolver()
     d = dest(stream_key_cmd=[str(script)])
-    assert r(d) == r(d) == r(prof.Destination(**{**d.__dict__, "enabled": False})) == "k-123"
+    assert r(d) == r(d) == r(d.replace(enabled=False)) == "k-123"
     assert counter.read_text() == "1"
     assert r(dest(stream_key_cmd=[str(script), "x"])) == "k-123" and counter.read_text() == "2"
 

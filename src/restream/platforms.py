@@ -6,22 +6,32 @@ Sources: obs-studio plugins/rtmp-services/data/services.json and the platforms' 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
+
+# A named tuple, not a dataclass: `restream show` reads a preset's title, and importing dataclasses costs it ~15 ms.
+_FIELDS = (
+    "name", "title",
+    "rtmp_url",  # default ingest over RTMP (None: RTMPS only, or per account)
+    "rtmps_url",  # default ingest over RTMPS (None: not offered, or per account)
+    "url_required",  # the platform hands out the URL per account or event: --url must be given
+    "max_video_kbps", "keyframe_s", "audio_rate", "max_audio_kbps", "note",
+    "backup_url",  # a second ingest for the same key (``restream add NAME --backup``)
+)
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(namedtuple("Platform", _FIELDS, defaults=(None, "", None))):
+    __slots__ = ()
     name: str
     title: str
-    rtmp_url: str | None  # default ingest over RTMP (None: RTMPS only, or per account)
-    rtmps_url: str | None  # default ingest over RTMPS (None: not offered, or per account)
-    url_required: bool  # the platform hands out the URL per account or event: --url must be given
+    rtmp_url: str | None
+    rtmps_url: str | None
+    url_required: bool
     max_video_kbps: int | None
     keyframe_s: float | None
     audio_rate: int | None
-    max_audio_kbps: int | None = None
-    note: str = ""
-    backup_url: str | None = None  # a second ingest for the same key (``restream add NAME --backup``)
+    max_audio_kbps: int | None
+    note: str
+    backup_url: str | None
 
     @property
     def default_url(self) -> str | None:

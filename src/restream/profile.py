@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
+from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from restream import paths
+from restream import paths, quicktoml
 from restream.errors import NotFoundError, ProfileError, UsageError
 
 FORMAT_VERSION = 1
@@ -42,27 +41,49 @@ _SIZE_RE = re.compile(r"(\d{2,5})x(\d{2,5})")
 MASK = "••••"
 
 
-@dataclass(frozen=True)
-class Destination:
+# The two records are named tuples, not dataclasses: importing dataclasses (and inspect with it) and building the
+# classes cost `restream list` about 15 ms of the 80 ms issue 16 allows. Frozen, compared and hashed by value.
+_DEST_FIELDS = (
+    "name", "server_url", "stream_key", "stream_key_env", "enabled", "platform", "ca_file",
+    # -- its own encoding (issue 14); None: the broadcast's ----------------------------------------------------------
+    "video_bitrate",  # kbit/s
+    "audio_bitrate",  # kbit/s
+    "size",  # "WIDTHxHEIGHT"
+    "fps",
+    "crop",  # "9:16" (centre crop to a vertical picture) or "1:1"
+    "copy",  # True: pass the source through; False: always encode
+    # -- where the key and a backup ingest come from (issue 15) ------------------------------------------------------
+    "stream_key_file",  # read when going live; ~ and $VARS expanded (keysource.py)
+    "stream_key_cmd",  # a tuple: the argv run when going live; first line of stdout
+    "backup_url",  # a second ingest for the same key (YouTube's b.rtmp...?backup=1)
+    "backup",  # "failover" (the default with a backup_url) or "both" (fed at once)
+)
+
+
+class Destination(namedtuple("Destination", _DEST_FIELDS, defaults=(None, None, True) + (None,) * 12)):
+    """One destination, validated by ``make_destination``. ``replace(**changes)`` gives a changed copy."""
+
+    __slots__ = ()
     name: str
     server_url: str
-    stream_key: str | None = None
-    stream_key_env: str | None = None
-    enabled: bool = True
-    platform: str | None = None
-    ca_file: str | None = None
-    # -- its own encoding (issue 14); None: the broadcast's --------------------------------------------------------
-    video_bitrate: int | None = None  # kbit/s
-    audio_bitrate: int | None = None  # kbit/s
-    size: str | None = None  # "WIDTHxHEIGHT"
-    fps: float | None = None
-    crop: str | None = None  # "9:16" (centre crop to a vertical picture) or "1:1"
-    copy: bool | None = None  # True: pass the source through; False: always encode
-    # -- where the key and a backup ingest come from (issue 15) ----------------------------------------------------
-    stream_key_file: str | None = None  # read when going live; ~ and $VARS expanded (keysource.py)
-    stream_key_cmd: tuple[str, ...] | None = None  # argv run when going live; first line of stdout
-    backup_url: str | None = None  # a second ingest for the same key (YouTube's b.rtmp...?backup=1)
-    backup: str | None = None  # "failover" (the default with a backup_url) or "both" (fed at once)
+    stream_key: str | None
+    stream_key_env: str | None
+    enabled: bool
+    platform: str | None
+    ca_file: str | None
+    video_bitrate: int | None
+    audio_bitrate: int | None
+    size: str | None
+    fps: float | None
+    crop: str | None
+    copy: bool | None
+    stream_key_file: str | None
+    stream_key_cmd: tuple[str, ...] | None
+    backup_url: str | None
+    backup: str | None
+
+    def replace(self, **changes) -> "Destination":
+        return self._replace(**changes)
 
     def encoding(self) -> dict:
         """Its own encoding settings (only those set), as in the profile."""
@@ -103,12 +124,26 @@ class Destination:
         return "stored" if self.stream_key is not None else "none"
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(namedtuple("Profile", ("name", "path", "destinations", "exists"), defaults=((), True))):
+    """A profile as read: ``exists`` is False for a default profile with no file yet (not compared)."""
+
+    __slots__ = ()
     name: str
     path: Path
-    destinations: tuple[Destination, ...] = ()
-    exists: bool = field(default=True, compare=False)
+    destinations: tuple[Destination, ...]
+    exists: bool
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Profile):
+            return NotImplemented
+        return self[:3] == other[:3]
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
 
     def find(self, name: str) -> Destination | None:
         folded = name.casefold()
@@ -124,7 +159,7 @@ class Profile:
         return tuple(d for d in self.destinations if d.enabled)
 
     def with_destinations(self, destinations: tuple[Destination, ...] | list[Destination]) -> "Profile":
-        return replace(self, destinations=tuple(destinations))
+        return self._replace(destinations=tuple(destinations))
 
     def added(self, dest: Destination) -> "Profile":
         if self.find(dest.name) is not None:
@@ -396,17 +431,31 @@ def from_document(doc: dict, where: str) -> tuple[Destination, ...]:
 
 
 def parse(text: str, where: str) -> tuple[Destination, ...]:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{where}: not valid TOML: {exc}") from None
+    doc = quicktoml.loads(text)  # what restream wrote, without importing tomllib (start-up time)
+    if doc is None:
+        import tomllib
+
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError(f"{where}: not valid TOML: {exc}") from None
     return from_document(doc, where)
 
 
 def dumps(profile: Profile, include_keys: bool = True) -> str:
+    return document_text(to_document(profile, include_keys))
+
+
+def document_text(doc: dict) -> str:
+    """The document as TOML, every destination as its own ``[[destinations]]`` table: tomli_w alone writes an
+    array of short tables inline, which quicktoml leaves to tomllib (so `list` would import it)."""
     import tomli_w
 
-    return tomli_w.dumps(to_document(profile, include_keys))
+    dests = doc.get("destinations")
+    if not dests or not all(dests):
+        return tomli_w.dumps(doc)
+    head = tomli_w.dumps({k: v for k, v in doc.items() if k != "destinations"})
+    return head + "".join("\n[[destinations]]\n" + tomli_w.dumps(item) for item in dests)
 
 
 # -- disk --------------------------------------------------------------------------------------------------------

@@ -279,7 +279,6 @@ def edit_cmd(
     profile: ProfileOpt = paths.DEFAULT_PROFILE,
 ) -> None:
     """Change a destination's URL, key, name, backup ingest or its own encoding."""
-    from dataclasses import fields
 
     encoding = _encoding_options(video_bitrate, audio_bitrate, size, fps, crop, copy)
     keys, key_given = _key_from_options(key, key_env, key_stdin, required=False, key_file=key_file,
@@ -302,7 +301,7 @@ def edit_cmd(
 
     def change(p: prof.Profile) -> prof.Profile:
         old = p.get(name)
-        values = {f.name: getattr(old, f.name) for f in fields(old)}
+        values = old._asdict()
         values.update(name=rename or old.name, server_url=url or old.server_url)
         if key_given:
             values.update(keys)
@@ -340,7 +339,7 @@ def remove_cmd(name: DestArg, profile: ProfileOpt = paths.DEFAULT_PROFILE) -> No
 def _set_enabled(name: str, profile: str, enabled: bool) -> None:
     def change(p: prof.Profile) -> prof.Profile:
         old = p.get(name)
-        return p.replaced(old.name, prof.Destination(**{**old.__dict__, "enabled": enabled}))
+        return p.replaced(old.name, old.replace(enabled=enabled))
 
     _edit(profile, change)
     typer.echo(f"{'enabled' if enabled else 'disabled'} {name}")
