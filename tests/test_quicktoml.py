@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from conftest import CANARY_KEY
 from restream import profile as prof
 from restream import quicktoml
+from restream.errors import ProfileError
 
 
 def same_as_tomllib(text: str) -> dict | None:
@@ -101,6 +102,13 @@ def test_the_subset(text, doc):
 HAND_WRITTEN = (  # as a user might edit it: inline arrays, escapes, indentation
     'version = 1\n\n[[destinations]]\n  name = "b"\n  server_url = "rtmp://h/x"\n'
     '  stream_key_cmd = ["pass", "show \\"b\\"", "\\u00e9\\t"]\n  enabled = false\n  fps = 30\n')
+
+
+def test_a_number_too_long_for_int_is_a_profile_error_not_a_crash():
+    text = "version = " + "9" * 5000
+    assert quicktoml.loads(text) is None
+    with pytest.raises(ProfileError, match="not valid TOML: a number too long"):
+        prof.parse(text, "p.toml")
 
 
 @pytest.mark.parametrize("which", ["written", "hand-written"])

@@ -439,6 +439,8 @@ def parse(text: str, where: str) -> tuple[Destination, ...]:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ProfileError(f"{where}: not valid TOML: {exc}") from None
+        except ValueError:  # an integer of over 4300 digits (Python's limit on int(str))
+            raise ProfileError(f"{where}: not valid TOML: a number too long to read") from None
     return from_document(doc, where)
 
 

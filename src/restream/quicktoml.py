@@ -93,6 +93,8 @@ def _inline_array(text: str) -> list[str] | None:
 
 def _number(text: str) -> int | float | None:
     """A decimal integer or ``digits.digits`` without sign, underscores, exponent or leading zero."""
+    if len(text) > 100:
+        return None  # no setting is that long; past 4300 digits int() raises (sys.set_int_max_str_digits)
     whole, dot, frac = text.partition(".")
     if not whole or not set(whole) <= _DIGITS or (len(whole) > 1 and whole[0] == "0"):
         return None
