@@ -722,6 +722,18 @@ def render(results: dict, soak: dict | None) -> str:
                   "publisher in ~0.1 s batches, each written once to every destination). The start is a fixed cost, "
                   "so the ratio falls with a longer run: the issue's run is 30 s.",
                   "",
+                  "Why `go` with 1 destination stays above 1.02x: the whole of restream's extra is its Python "
+                  "process, about 0.77 s in the 30 s run, 4 % of the one-liner's ffmpeg (restream's ffmpeg costs what "
+                  "the one-liner's does). About 0.25 s of it comes before ffmpeg is spawned (timed with an audit "
+                  "hook on `subprocess.Popen`: 0.20-0.31 s of CPU; cProfile: imports of Typer and Click, asyncio, "
+                  "~50 dataclasses built at import, ~45 regular expressions compiled at import). The rest is "
+                  "1.4-1.8 % of a core while live (py-spy at 1 kHz, 1 destination, live view: of its busy samples "
+                  "about 13 % the relay's reads and writes, 10 % Rich drawing the screen at 2 Hz, 6 % the status "
+                  "file written each second, 4 % refusing ffmpeg's retries on the four free slots, the rest the "
+                  "event loop). Each of these is a millisecond or two a second; without the last three the ratio "
+                  "would be about 1.03. 1.02 needs a Python process that costs under 0.4 s for the whole broadcast, "
+                  "start-up included, which is not what this design is.",
+                  "",
                   "In `go_cpu`, restream's own cost while live is mostly the slot relay's reading and writing and, "
                   "with the live view, its redraws: since this round the table is drawn at most every 0.25 s (progress "
                   "keeps it at 2 Hz) and without Rich's Table layout (0.9 ms a redraw, was 6.4 ms), and a burst of "
