@@ -722,9 +722,10 @@ def render(results: dict, soak: dict | None) -> str:
                   "publisher in ~0.1 s batches, each written once to every destination). The start is a fixed cost, "
                   "so the ratio falls with a longer run: the issue's run is 30 s.",
                   "",
-                  "Why `go` with 1 destination stays above 1.02x: the whole of restream's extra is its Python "
-                  "process, about 0.77 s in the 30 s run, 4 % of the one-liner's ffmpeg (restream's ffmpeg costs what "
-                  "the one-liner's does). About 0.25 s of it comes before ffmpeg is spawned (timed with an audit "
+                  "Why `go` with 1 destination is not within 1.02x, whatever one run's headline says: the whole of "
+                  "restream's extra is its Python process, 0.77-1.03 s in the 30 s runs of this round, 4-4.5 % of the "
+                  "one-liner's CPU (restream's ffmpeg costs what the one-liner's does; ffmpeg's own CPU moves by more "
+                  "than that between identical runs, which is how a ratio of medians can come out below 1.02). About 0.25 s of it comes before ffmpeg is spawned (timed with an audit "
                   "hook on `subprocess.Popen`: 0.20-0.31 s of CPU; cProfile: imports of Typer and Click, asyncio, "
                   "~50 dataclasses built at import, ~45 regular expressions compiled at import). The rest is "
                   "1.4-1.8 % of a core while live (py-spy at 1 kHz, 1 destination, live view: of its busy samples "
