@@ -20,8 +20,6 @@ from __future__ import annotations
 _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _DIGITS = frozenset("0123456789")
 _WS = " \t"
-
-
 _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -74,21 +72,24 @@ def _inline_array(text: str) -> list[str] | None:
     out: list[str] = []
     i = 1
     while True:
-        while text[i:i + 1] in (" ", "\t") and i < len(text):
-            i += 1
+        i = _skip_ws(text, i)
         if text[i:] == "]":
             return out
         scanned = _scan(text, i)
         if scanned is None:
             return None
         out.append(scanned[0])
-        i = scanned[1]
-        while text[i:i + 1] in (" ", "\t") and i < len(text):
-            i += 1
+        i = _skip_ws(text, scanned[1])
         if text[i:i + 1] == ",":
             i += 1
         elif text[i:] != "]":
             return None
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while text[i:i + 1] in (" ", "\t"):
+        i += 1
+    return i
 
 
 def _number(text: str) -> int | float | None:
