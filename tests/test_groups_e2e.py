@@ -76,7 +76,7 @@ def test_three_groups_get_their_size_bitrate_and_keyframes(procs, add, cli, tmp_
 
     go = procs.go(str(clip), "--loop", "--video-bitrate", "8000k", "--audio-bitrate", "64k", "--duration", "14s",
                   "--json")
-    assert go.wait(90) == 0, go.stderr
+    assert go.wait(90) == 0, (go.stderr, go.summary(), go.events[-1:] if go.events else None)
     receivers_done(main, twitch, vertical)
     assert "twitch: capped: video 8000k -> 6000k" in go.stderr
     assert ("3 encode groups, one ffmpeg: 8000k video, 64k audio: main; 6000k video, 64k audio: twitch; 1000k video, "

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import CANARY_KEY
 from restream import rtmp
-from restream.slotrelay import SlotEvent, SlotRelay, Upstream
+from restream.slotrelay import DRAIN_S, LAST_BYTES_S, SlotEvent, SlotRelay, Upstream, _unsent
 from support import FFMPEG, Receiver, bound, free_port, probe, timing, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -145,15 +145,22 @@ def no_key_in_events(relay: RelayThread, *keys: str) -> None:
 class FakeServer:
     """A minimal RTMP server on loopback: answers connect/createStream/publish, records every client message."""
 
-    def __init__(self, reject: bool = False) -> None:
+    def __init__(self, reject: bool = False, rcvbuf: int | None = None) -> None:
         self.reject = reject  # answer publish with an error status naming the key, then hang up
+        self.rcvbuf = rcvbuf  # a small receive buffer: not reading soon leaves the sender's bytes unacknowledged
+        self.reading = threading.Event()  # cleared: the server stops reading (a destination that is behind)
+        self.reading.set()
         self.messages: list[rtmp.Message] = []
         self.raw_sessions = 0
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
     async def start(self) -> asyncio.AbstractServer:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", free_port())
+        sock = socket.socket()
+        if self.rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)  # accepted sockets inherit it
+        sock.bind(("127.0.0.1", free_port()))
+        self.server = await asyncio.start_server(self._handle, sock=sock)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.server
 
@@ -165,7 +172,11 @@ class FakeServer:
             await r.readexactly(1536)
             parser = rtmp.ChunkParser()
             out = rtmp.ChunkWriter()
-            while data := await r.read(65536):
+            while True:
+                while not self.reading.is_set():
+                    await asyncio.sleep(0.01)
+                if not (data := await r.read(65536)):
+                    break
                 for m in parser.feed(data):
                     self.messages.append(m)
                     name = rtmp.command_name(m)
@@ -251,6 +262,26 @@ def receivers(tmp_path):
     yield make
     for rx in started:
         rx.kill()
+
+
+def raw_publisher(relay: RelayThread, slot: int = 0) -> tuple[socket.socket, rtmp.ChunkWriter]:
+    """A publisher as ffmpeg's tee would be, on slot ``slot``: handshake, connect, createStream, publish, one video
+    keyframe. Returns the socket and its chunk writer (to send more)."""
+    port = relay.relay.ports[slot]
+    w = rtmp.ChunkWriter()
+    pub = socket.create_connection(("127.0.0.1", port))
+    pub.settimeout(10)
+    pub.sendall(b"\x03" + bytes(rtmp.HANDSHAKE_SIZE))
+    got = b""
+    while len(got) < 1 + 2 * rtmp.HANDSHAKE_SIZE:
+        got += pub.recv(65536)
+    pub.sendall(got[1:1 + rtmp.HANDSHAKE_SIZE])
+    pub.sendall(w.write(rtmp.command_message(["connect", 1.0, {"app": "slot",
+                                                               "tcUrl": f"rtmp://127.0.0.1:{port}/slot"}])))
+    pub.sendall(w.write(rtmp.command_message(["createStream", 2.0, None])))
+    pub.sendall(w.write(rtmp.command_message(["publish", 3.0, None, f"slot-{slot}", "live"], csid=8, stream_id=1)))
+    pub.sendall(w.write(rtmp.Message(6, 0, rtmp.VIDEO, 1, b"\x17\x00" + bytes(64))))
+    return pub, w
 
 
 # -- tests -----------------------------------------------------------------------------------------------------------
@@ -546,18 +577,8 @@ def test_reset_after_unpublish_is_a_clean_end(relay):
     server = FakeServer()
     relay.serve(server.start())
     relay.assign(0, Upstream("fake", f"rtmp://127.0.0.1:{server.port}/live", "k3y-reset"))
-    port = int(relay.relay.slave_url(0).split(":")[2].split("/")[0])
-    w = rtmp.ChunkWriter()
-    with socket.create_connection(("127.0.0.1", port)) as pub:
-        pub.sendall(b"\x03" + bytes(rtmp.HANDSHAKE_SIZE))
-        got = b""
-        while len(got) < 1 + 2 * rtmp.HANDSHAKE_SIZE:
-            got += pub.recv(65536)
-        pub.sendall(got[1:1 + rtmp.HANDSHAKE_SIZE])
-        pub.sendall(w.write(rtmp.command_message(["connect", 1.0, {"app": "slot", "tcUrl": f"rtmp://127.0.0.1:{port}/slot"}])))
-        pub.sendall(w.write(rtmp.command_message(["createStream", 2.0, None])))
-        pub.sendall(w.write(rtmp.command_message(["publish", 3.0, None, "slot-0", "live"], csid=8, stream_id=1)))
-        pub.sendall(w.write(rtmp.Message(6, 0, rtmp.VIDEO, 1, b"\x17\x00" + bytes(64))))
+    pub, w = raw_publisher(relay)
+    with pub:
         relay.wait_event("live")
         pub.sendall(w.write(rtmp.command_message(["FCUnpublish", 4.0, None, "slot-0"])))
         pub.sendall(w.write(rtmp.command_message(["deleteStream", 5.0, None, 1.0])))
@@ -566,3 +587,45 @@ def test_reset_after_unpublish_is_a_clean_end(relay):
     e = relay.wait_event("ended")
     assert e.error is None and relay.kinds(0) == ["connecting", "live", "ended"], relay.events
     assert [v[3] for v in server.commands()["FCUnpublish"]] == ["k3y-reset"]
+
+
+@pytest.mark.timeout(40)
+def test_a_destination_taking_its_last_bytes_when_ffmpeg_ends_late_is_not_cut():
+    """ffmpeg can end after the drain is over (a slow encode: its "q" comes 3 s after the stop). Its last bytes were
+    written just then, and a destination that is a moment behind but taking them delivered: ``settle`` gives it
+    ``LAST_BYTES_S``. Here ``settle`` starts as ffmpeg's exit is seen, before the relay read the end of its
+    connection (as in ``run``, where the two race). Mutation caught: ``settle`` cutting every session with bytes
+    waiting as soon as the drain is over (a false "held up the end", exit 1, on a loaded CI machine)."""
+    server = FakeServer(rcvbuf=16384)
+    with RelayThread(slots=1) as relay:
+        relay.serve(server.start())
+        relay.assign(0, Upstream("late", f"rtmp://127.0.0.1:{server.port}/live", "k3y-late"))
+        pub, w = raw_publisher(relay)
+        # like ffmpeg, it reads what the relay sends it
+        threading.Thread(target=lambda: [None for _ in iter(lambda: pub.recv(65536), b"")], daemon=True).start()
+        with pub:
+            relay.wait_event("live")
+
+            async def begin_stop():
+                relay.relay.begin_stop()
+
+            relay.run(begin_stop())
+            time.sleep(DRAIN_S + 0.2)  # the subject: the drain is over and ffmpeg is still sending (it is late)
+            server.reading.clear()  # the destination is behind for a moment
+            media = rtmp.Message(6, 0, rtmp.VIDEO, 1, b"\x27\x01" + bytes(64 * 1024 - 2))
+            for _ in range(8):  # 512 KB: more than the destination's buffer takes unread
+                pub.sendall(w.write(media))
+
+            async def waiting() -> bool:
+                return any(_unsent(sess) for sess in relay.relay._sessions[0])
+
+            wait_for(lambda: relay.run(waiting()), 5, what="bytes waiting for the destination")
+            started = time.monotonic()
+            settled = asyncio.run_coroutine_threadsafe(relay.relay.settle(), relay.loop)
+            time.sleep(0.1)  # the subject: ffmpeg has exited and the destination is still behind
+            server.reading.set()
+            settled.result(10)
+            took = time.monotonic() - started
+    assert "forced" not in relay.kinds(0), relay.events
+    assert len([m for m in server.messages if m.type_id == rtmp.VIDEO]) == 9, "the last bytes reached it"
+    assert took < LAST_BYTES_S + 0.5, f"settle took {took:.2f} s"

@@ -583,7 +583,7 @@ class _Leg:
     # -- the watchdog (the slot relay's thresholds) ------------------------------------------------------------
 
     def tick(self, now: float, stopping_at: float | None) -> None:
-        from restream.slotrelay import RESUME_BYTES, STALL_BYTES, _unanswered
+        from restream.slotrelay import HELD_S, RESUME_BYTES, STALL_BYTES, _unanswered
 
         relay = self.sess.relay
         if self.writer is None or self.task is None or self.task.done():
@@ -604,13 +604,14 @@ class _Leg:
                 if acked - self.acked >= RESUME_BYTES or not sockstat.unsent(self.transport):
                     self.acked, self.acked_at, self.stalled_since = acked, now, None
                     self._emit("resumed")
-            elif acked - self.acked >= STALL_BYTES or not sockstat.unsent(self.transport):
+            elif acked - self.acked >= (1 if stopping_at is not None else STALL_BYTES) \
+                    or not sockstat.unsent(self.transport):  # while stopping, any byte taken is progress
                 self.acked, self.acked_at = acked, now
             elif now - self.acked_at >= relay.stall_after:
                 self.stalled_since = self.acked_at
                 self._emit("stalled", since=time.time() - (now - self.acked_at))
         if stopping_at is not None:
-            if now - stopping_at >= relay.drain and now - self.acked_at >= 1.0 and sockstat.unsent(self.transport):
+            if now - stopping_at >= relay.drain and now - self.acked_at >= HELD_S and sockstat.unsent(self.transport):
                 self.forced = f"held up the end: took no data for {now - (self.stalled_since or self.acked_at):.0f} s"
                 self.task.cancel()
         elif self.stalled_since is not None and relay.stall_timeout and now - self.stalled_since >= relay.stall_timeout:

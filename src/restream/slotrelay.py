@@ -56,6 +56,8 @@ STALL_TIMEOUT_S = 30.0    # ... and is dropped (then reconnected by ffmpeg's fif
 STALL_BYTES = 16 * 1024   # acknowledged bytes that count as progress (a stalled peer may trickle a few bytes)
 RESUME_BYTES = 256 * 1024  # a stalled destination is live again when it drained, or took this much
 DRAIN_S = 3.0             # once the stop began: how long a live destination may take to take its last bytes
+LAST_BYTES_S = 1.0        # ... and past it, once ffmpeg has exited, for one still taking them (ffmpeg ended late)
+HELD_S = 1.0              # while stopping: bytes waiting and none acknowledged this long holds up the end
 TAIL_S = 0.15             # a destination taken off its slot while live still gets what ffmpeg sent this long
 TICK_S = 0.5              # the watchdog's period
 FFMPEG_CHUNK = 4096       # the chunk size the relay announces to ffmpeg (so ffmpeg sends media in 4 KB chunks)
@@ -476,23 +478,29 @@ class SlotRelay:
             self._tick()
 
     async def settle(self) -> None:
-        """ffmpeg has exited: give the sessions still open until the drain ends to send their last bytes, then
-        cut those that still hold bytes the destination would not take (kind "forced"); abort the rest."""
+        """ffmpeg has exited: give the sessions still open until the drain ends to send their last bytes, and one
+        still taking them ``LAST_BYTES_S`` past that (an ffmpeg that ended late wrote its last bytes just now: the
+        destination taking them is not the one holding up the end). Then cut those that still hold bytes the
+        destination would not take (kind "forced"); abort the rest."""
         self.begin_stop()
         assert self._stopping_at is not None
+        drain_end, last = self._stopping_at + self.drain, time.monotonic() + LAST_BYTES_S
+        seen: dict[int, tuple[int, float]] = {}  # id(transport) -> (bytes acknowledged, when that last grew)
         while any(self._sessions) or any(not d.done for ds in self._duals for d in ds):
-            left = self._stopping_at + self.drain - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= drain_end and (now >= last or not self._taking(now, seen)):
                 break
-            await asyncio.sleep(min(left, 0.05))
+            await asyncio.sleep(min(drain_end - now, 0.05) if now < drain_end else 0.05)
         now = time.monotonic()
         for slot in range(self.slots):
             for sess in list(self._sessions[slot]):
                 if sess.stopped:
                     continue
                 if sess.live and _unsent(sess):
-                    sess.forced = f"held up the end: took no data for {now - sess.acked_at:.0f} s" \
-                        if sess.acked >= 0 and now - sess.acked_at >= 1.0 else "held up the end: did not take " \
+                    dest = sess.dest.transport  # type: ignore[union-attr]
+                    took = max(sess.acked_at, seen.get(id(dest), (0, 0.0))[1])
+                    sess.forced = f"held up the end: took no data for {now - took:.0f} s" \
+                        if sess.acked >= 0 and now - took >= HELD_S else "held up the end: did not take " \
                         "the last bytes in time"
                     sess.end("down", None)
                 else:
@@ -502,6 +510,22 @@ class SlotRelay:
                 dual.cut_unsent(now)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
+
+    def _taking(self, now: float, seen: dict[int, tuple[int, float]]) -> bool:
+        """While settling: a live destination with bytes waiting acknowledged some within ``HELD_S``."""
+        held = [(s.dest.transport, s.acked_at) for ss in self._sessions for s in ss  # type: ignore[union-attr]
+                if not s.stopped and s.live and _unsent(s)]
+        held += [(leg.transport, leg.acked_at) for ds in self._duals for d in ds if not d.done for leg in d.legs
+                 if leg.live and sockstat.unsent(leg.transport)]
+        taking = False
+        for transport, acked_at in held:
+            acked, prev = sockstat.acked(transport), seen.get(id(transport))
+            if prev is None:
+                seen[id(transport)] = (acked if acked is not None else -1, acked_at)
+            elif acked is not None and acked > prev[0]:
+                seen[id(transport)] = (acked, now)
+            taking = taking or now - seen[id(transport)][1] < HELD_S
+        return taking
 
     def end_stop(self) -> None:
         """Relay mode: the publisher session that was stopping is over; accept the next one's sessions."""
@@ -642,7 +666,7 @@ class SlotRelay:
                     sess.pacer.release()  # every byte of the end goes out as it comes
                 else:
                     sess.pacer.tick(now)
-                if stopping and now - self._stopping_at >= self.drain and now - sess.acked_at >= 1.0 \
+                if stopping and now - self._stopping_at >= self.drain and now - sess.acked_at >= HELD_S \
                         and _unsent(sess):  # type: ignore[operator]
                     sess.forced = "held up the end: took no data for " \
                                   f"{now - (sess.stalled_since or sess.acked_at):.0f} s"
@@ -664,7 +688,8 @@ class SlotRelay:
                 sess.acked, sess.acked_at, sess.stalled_since = acked, now, None
                 self._emit(sess.slot, sess.upstream.name, "resumed")
             return
-        if acked - sess.acked >= STALL_BYTES or not _unsent(sess):
+        # while stopping, any byte taken is progress: the tail of a stream may be slower than STALL_BYTES a tick
+        if acked - sess.acked >= (1 if self._stopping_at is not None else STALL_BYTES) or not _unsent(sess):
             sess.acked, sess.acked_at = acked, now
         elif now - sess.acked_at >= self.stall_after:
             sess.stalled_since = sess.acked_at
