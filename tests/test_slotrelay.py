@@ -145,8 +145,10 @@ def no_key_in_events(relay: RelayThread, *keys: str) -> None:
 class FakeServer:
     """A minimal RTMP server on loopback: answers connect/createStream/publish, records every client message."""
 
-    def __init__(self, reject: bool = False, rcvbuf: int | None = None) -> None:
+    def __init__(self, reject: bool = False, rcvbuf: int | None = None, acks: bool = False) -> None:
         self.reject = reject  # answer publish with an error status naming the key, then hang up
+        self.acks = acks  # as real servers do: a window size on connect, an acknowledgement of each media message
+        #                   (then an "onMarker" command, which the relay passes on: what came before it has too)
         self.rcvbuf = rcvbuf  # a small receive buffer: not reading soon leaves the sender's bytes unacknowledged
         self.reading = threading.Event()  # cleared: the server stops reading (a destination that is behind)
         self.reading.set()
@@ -180,10 +182,17 @@ class FakeServer:
                 for m in parser.feed(data):
                     self.messages.append(m)
                     name = rtmp.command_name(m)
+                    if self.acks and m.type_id in (rtmp.AUDIO, rtmp.VIDEO):
+                        w.write(out.write(rtmp.Message(2, 0, rtmp.ACKNOWLEDGEMENT, 0,
+                                                       len(self.messages).to_bytes(4, "big"))))
+                        w.write(out.write(rtmp.command_message(["onMarker", 0.0, None])))
                     if name is None:
                         continue
                     values = rtmp.command_values(m)
                     if name == "connect":
+                        if self.acks:
+                            w.write(out.write(rtmp.Message(2, 0, rtmp.WINDOW_ACK_SIZE, 0,
+                                                           (2500000).to_bytes(4, "big"))))
                         w.write(out.write(rtmp.set_chunk_size_message(4096)))
                         w.write(out.write(rtmp.command_message(
                             ["_result", values[1], {"fmsVer": "FMS/3,0,1,123"},
@@ -264,9 +273,11 @@ def receivers(tmp_path):
         rx.kill()
 
 
-def raw_publisher(relay: RelayThread, slot: int = 0) -> tuple[socket.socket, rtmp.ChunkWriter]:
-    """A publisher as ffmpeg's tee would be, on slot ``slot``: handshake, connect, createStream, publish, one video
-    keyframe. Returns the socket and its chunk writer (to send more)."""
+def raw_publisher(relay: RelayThread, slot: int = 0, media: bool = True) -> tuple[socket.socket, rtmp.ChunkWriter,
+                                                                                  bytes]:
+    """A publisher on slot ``slot``, pipelined: handshake, connect, createStream, publish and (``media``) one video
+    keyframe, without waiting for answers. Returns the socket, its chunk writer (to send more) and what it read
+    past the handshake."""
     port = relay.relay.ports[slot]
     w = rtmp.ChunkWriter()
     pub = socket.create_connection(("127.0.0.1", port))
@@ -280,8 +291,9 @@ def raw_publisher(relay: RelayThread, slot: int = 0) -> tuple[socket.socket, rtm
                                                                "tcUrl": f"rtmp://127.0.0.1:{port}/slot"}])))
     pub.sendall(w.write(rtmp.command_message(["createStream", 2.0, None])))
     pub.sendall(w.write(rtmp.command_message(["publish", 3.0, None, f"slot-{slot}", "live"], csid=8, stream_id=1)))
-    pub.sendall(w.write(rtmp.Message(6, 0, rtmp.VIDEO, 1, b"\x17\x00" + bytes(64))))
-    return pub, w
+    if media:
+        pub.sendall(w.write(rtmp.Message(6, 0, rtmp.VIDEO, 1, b"\x17\x00" + bytes(64))))
+    return pub, w, got[1 + 2 * rtmp.HANDSHAKE_SIZE:]
 
 
 # -- tests -----------------------------------------------------------------------------------------------------------
@@ -577,7 +589,7 @@ def test_reset_after_unpublish_is_a_clean_end(relay):
     server = FakeServer()
     relay.serve(server.start())
     relay.assign(0, Upstream("fake", f"rtmp://127.0.0.1:{server.port}/live", "k3y-reset"))
-    pub, w = raw_publisher(relay)
+    pub, w, _ = raw_publisher(relay)
     with pub:
         relay.wait_event("live")
         pub.sendall(w.write(rtmp.command_message(["FCUnpublish", 4.0, None, "slot-0"])))
@@ -600,7 +612,7 @@ def test_a_destination_taking_its_last_bytes_when_ffmpeg_ends_late_is_not_cut():
     with RelayThread(slots=1) as relay:
         relay.serve(server.start())
         relay.assign(0, Upstream("late", f"rtmp://127.0.0.1:{server.port}/live", "k3y-late"))
-        pub, w = raw_publisher(relay)
+        pub, w, _ = raw_publisher(relay)
         # like ffmpeg, it reads what the relay sends it
         threading.Thread(target=lambda: [None for _ in iter(lambda: pub.recv(65536), b"")], daemon=True).start()
         with pub:
@@ -629,3 +641,35 @@ def test_a_destination_taking_its_last_bytes_when_ffmpeg_ends_late_is_not_cut():
     assert "forced" not in relay.kinds(0), relay.events
     assert len([m for m in server.messages if m.type_id == rtmp.VIDEO]) == 9, "the last bytes reached it"
     assert took < LAST_BYTES_S + 0.5, f"settle took {took:.2f} s"
+
+
+@pytest.mark.timeout(30)
+def test_once_live_the_destinations_flow_control_stays_in_the_relay(relay):
+    """A destination's acknowledgements are not passed on to ffmpeg once live: one arriving after ffmpeg's last
+    read made its close a reset, which dropped its unsent tail and its unpublish (a clean end reported as "ffmpeg's
+    connection to the relay failed: Connection reset by peer", exit 1; seen under disk load). Before live, the
+    destination's messages still reach ffmpeg. Mutation caught: passing acknowledgements on once live."""
+    server = FakeServer(acks=True)
+    relay.serve(server.start())
+    relay.assign(0, Upstream("acks", f"rtmp://127.0.0.1:{server.port}/live", "k3y-acks"))
+    pub, w, rest = raw_publisher(relay, media=False)
+    parser = rtmp.ChunkParser()
+
+    def read_until(name: str, count: int) -> list[rtmp.Message]:
+        got = parser.feed(rest) if not seen else []
+        while sum(rtmp.command_name(m) == name for m in seen + got) < count:
+            data = pub.recv(65536)
+            assert data, f"the relay closed ffmpeg's connection; got {[m.type_id for m in seen + got]}"
+            got += parser.feed(data)
+        seen.extend(got)
+        return got
+
+    seen: list[rtmp.Message] = []
+    with pub:
+        before = [m.type_id for m in read_until("onStatus", 1)]  # publish answered: live
+        relay.wait_event("live")
+        for ts in (0, 40):
+            pub.sendall(w.write(rtmp.Message(6, ts, rtmp.VIDEO, 1, b"\x17\x01" + bytes(1000))))
+        after = [m.type_id for m in read_until("onMarker", 2)]  # the server acknowledged both
+    assert rtmp.WINDOW_ACK_SIZE in before, before  # before live: passed on as it came
+    assert rtmp.ACKNOWLEDGEMENT not in after and rtmp.COMMAND_AMF0 in after, after

@@ -63,6 +63,7 @@ TICK_S = 0.5              # the watchdog's period
 FFMPEG_CHUNK = 4096       # the chunk size the relay announces to ffmpeg (so ffmpeg sends media in 4 KB chunks)
 FAILOVER_ATTEMPTS = 3     # failed sessions in a row on one ingest before its slot switches to the other one
 FAILOVER_AFTER_S = 5.0    # ... or this long without that ingest being live
+_QUIET_WHEN_LIVE = frozenset((rtmp.ACKNOWLEDGEMENT, rtmp.WINDOW_ACK_SIZE, rtmp.SET_PEER_BANDWIDTH))
 _ANSWERED_BY = {"connect": "connect", "createStream": "createStream", "publish": "publish"}
 
 
@@ -314,7 +315,11 @@ class _Destination(_Side):
     destination's messages re-chunked at that size (its own Set Chunk Size and Abort messages dropped). ffmpeg sends
     with the chunk size its server announced (RTMP's default 128 bytes when none is): with ``FFMPEG_CHUNK`` it writes
     each 4 KB of media in one chunk instead of 32, whatever the destination announces. Commands are read on the way to
-    follow the publish status."""
+    follow the publish status.
+
+    Once live, the destination's flow control (``_QUIET_WHEN_LIVE``: acknowledgements, window and bandwidth) stays
+    here: a publisher needs none of it, and one that arrives after ffmpeg's last read makes its close a reset, which
+    drops whatever ffmpeg had not sent yet, its unpublish included (a clean end seen as a failure, its tail lost)."""
 
     def __init__(self, relay: "SlotRelay", sess: _Session) -> None:
         super().__init__()
@@ -360,6 +365,8 @@ class _Destination(_Side):
             t = m.type_id
             if t == rtmp.SET_CHUNK_SIZE or t == rtmp.ABORT:
                 continue  # the parser applied it; ffmpeg reads the relay's chunks, and aborted parts never reach it
+            if t in _QUIET_WHEN_LIVE and sess.live:
+                continue
             if t == rtmp.COMMAND_AMF0 or t == rtmp.COMMAND_AMF3:
                 self.relay._observe(sess, m)
             out.append(self.writer.write(m))
