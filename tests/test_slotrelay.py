@@ -145,10 +145,11 @@ def no_key_in_events(relay: RelayThread, *keys: str) -> None:
 class FakeServer:
     """A minimal RTMP server on loopback: answers connect/createStream/publish, records every client message."""
 
-    def __init__(self, reject: bool = False, rcvbuf: int | None = None, acks: bool = False) -> None:
+    def __init__(self, reject: bool = False, rcvbuf: int | None = None, acks: int = 0, marker: bool = False) -> None:
         self.reject = reject  # answer publish with an error status naming the key, then hang up
-        self.acks = acks  # as real servers do: a window size on connect, an acknowledgement of each media message
-        #                   (then an "onMarker" command, which the relay passes on: what came before it has too)
+        self.acks = acks  # as real servers do: a window size on connect, then acknowledgements (this many for each
+        #                   media message: more often than real servers, so that some are always in flight)
+        self.marker = marker  # after those, an "onMarker" command, which the relay passes on: what came before has too
         self.rcvbuf = rcvbuf  # a small receive buffer: not reading soon leaves the sender's bytes unacknowledged
         self.reading = threading.Event()  # cleared: the server stops reading (a destination that is behind)
         self.reading.set()
@@ -182,10 +183,12 @@ class FakeServer:
                 for m in parser.feed(data):
                     self.messages.append(m)
                     name = rtmp.command_name(m)
-                    if self.acks and m.type_id in (rtmp.AUDIO, rtmp.VIDEO):
-                        w.write(out.write(rtmp.Message(2, 0, rtmp.ACKNOWLEDGEMENT, 0,
-                                                       len(self.messages).to_bytes(4, "big"))))
-                        w.write(out.write(rtmp.command_message(["onMarker", 0.0, None])))
+                    if m.type_id in (rtmp.AUDIO, rtmp.VIDEO):
+                        for _ in range(self.acks):
+                            w.write(out.write(rtmp.Message(2, 0, rtmp.ACKNOWLEDGEMENT, 0,
+                                                           len(self.messages).to_bytes(4, "big"))))
+                        if self.marker:
+                            w.write(out.write(rtmp.command_message(["onMarker", 0.0, None])))
                     if name is None:
                         continue
                     values = rtmp.command_values(m)
@@ -649,7 +652,7 @@ def test_once_live_the_destinations_flow_control_stays_in_the_relay(relay):
     read made its close a reset, which dropped its unsent tail and its unpublish (a clean end reported as "ffmpeg's
     connection to the relay failed: Connection reset by peer", exit 1; seen under disk load). Before live, the
     destination's messages still reach ffmpeg. Mutation caught: passing acknowledgements on once live."""
-    server = FakeServer(acks=True)
+    server = FakeServer(acks=1, marker=True)
     relay.serve(server.start())
     relay.assign(0, Upstream("acks", f"rtmp://127.0.0.1:{server.port}/live", "k3y-acks"))
     pub, w, rest = raw_publisher(relay, media=False)
@@ -673,3 +676,42 @@ def test_once_live_the_destinations_flow_control_stays_in_the_relay(relay):
         after = [m.type_id for m in read_until("onMarker", 2)]  # the server acknowledged both
     assert rtmp.WINDOW_ACK_SIZE in before, before  # before live: passed on as it came
     assert rtmp.ACKNOWLEDGEMENT not in after and rtmp.COMMAND_AMF0 in after, after
+
+
+@pytest.mark.timeout(60)
+def test_ffmpeg_ending_while_its_destination_is_behind_still_ends_its_stream_in_order(relay):
+    """ffmpeg (tee and fifo, as restream runs it) reaches its end (-t) while its destination is behind: its writes
+    block, so it reads nothing, and what the destination sent it (acknowledgements: every server sends them, this
+    one more often) is unread when it closes. Closing with unread bytes is a TCP reset, which drops what ffmpeg had
+    not sent yet: its last media and its unpublish. It was a false failure in CI: "ffmpeg's connection to the relay
+    failed: Connection reset by peer", exit 1. Mutation caught: the relay passing acknowledgements on to ffmpeg once
+    live (the reset, in 3 runs of 3)."""
+    server = FakeServer(acks=2)
+    relay.serve(server.start())
+    relay.assign(0, Upstream("behind", f"rtmp://127.0.0.1:{server.port}/live", "k3y-behind"))
+    args = [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "warning", "-progress", "pipe:1", "-stats_period", "0.1",
+            "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30,noise=alls=60:allf=t", "-t", "1.5",
+            "-map", "0:v", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "12", "-g", "30", "-pix_fmt", "yuv420p",
+            "-flags", "+global_header", "-f", "tee", "-use_fifo", "1", "-fifo_options", FIFO_OPTIONS,
+            f"[f=flv:onfail=ignore]{relay.relay.slave_url(0)}"]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    out_time = [0]
+
+    def read_progress() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith(b"out_time_us=") and line[12:].strip().isdigit():
+                out_time[0] = int(line[12:])
+
+    threading.Thread(target=read_progress, daemon=True).start()
+    try:
+        relay.wait_event("live", timeout=15)
+        server.reading.clear()  # the destination is behind from here until after ffmpeg's end
+        wait_for(lambda: out_time[0] >= 1_400_000, 15, what="ffmpeg to encode its last frames")
+        server.reading.set()
+        assert proc.wait(20) == 0
+        wait_for(lambda: [e for e in relay.events if e.kind not in ("connecting", "live")], 10, what="the end")
+    finally:
+        stop(proc)
+    assert [(e.kind, e.error) for e in relay.events] == [("connecting", None), ("live", None), ("ended", None)]
+    assert "deleteStream" in server.commands(), "the end of the stream reached the destination"
