@@ -163,11 +163,11 @@ class Fed:
 
     def cut_unsent(self, now: float) -> None:
         """The source has ended and the drain is over: a leg still holding bytes it would not take is cut."""
+        from restream.slotrelay import held_up
+
         for leg in self.legs:
             if leg.live and sockstat.unsent(leg.transport):
-                leg.forced = ("held up the end: took no data for "
-                              f"{now - leg.acked_at:.0f} s" if leg.acked >= 0 and now - leg.acked_at >= 1.0
-                              else "held up the end: did not take the last bytes in time")
+                leg.forced = held_up(now, leg.acked_at if leg.acked >= 0 else None)
                 leg.stop()
             else:
                 leg.closing = True
@@ -583,7 +583,7 @@ class _Leg:
     # -- the watchdog (the slot relay's thresholds) ------------------------------------------------------------
 
     def tick(self, now: float, stopping_at: float | None) -> None:
-        from restream.slotrelay import HELD_S, RESUME_BYTES, STALL_BYTES, _unanswered
+        from restream.slotrelay import HELD_S, RESUME_BYTES, _unanswered, held_up, progress_bytes
 
         relay = self.sess.relay
         if self.writer is None or self.task is None or self.task.done():
@@ -604,15 +604,14 @@ class _Leg:
                 if acked - self.acked >= RESUME_BYTES or not sockstat.unsent(self.transport):
                     self.acked, self.acked_at, self.stalled_since = acked, now, None
                     self._emit("resumed")
-            elif acked - self.acked >= (1 if stopping_at is not None else STALL_BYTES) \
-                    or not sockstat.unsent(self.transport):  # while stopping, any byte taken is progress
+            elif acked - self.acked >= progress_bytes(stopping_at is not None) or not sockstat.unsent(self.transport):
                 self.acked, self.acked_at = acked, now
             elif now - self.acked_at >= relay.stall_after:
                 self.stalled_since = self.acked_at
                 self._emit("stalled", since=time.time() - (now - self.acked_at))
         if stopping_at is not None:
             if now - stopping_at >= relay.drain and now - self.acked_at >= HELD_S and sockstat.unsent(self.transport):
-                self.forced = f"held up the end: took no data for {now - (self.stalled_since or self.acked_at):.0f} s"
+                self.forced = held_up(now, self.stalled_since or self.acked_at)
                 self.task.cancel()
         elif self.stalled_since is not None and relay.stall_timeout and now - self.stalled_since >= relay.stall_timeout:
             self.error = f"stalled: took no data for {now - self.stalled_since:.0f} s; reconnecting"

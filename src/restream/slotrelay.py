@@ -492,10 +492,9 @@ class SlotRelay:
         self.begin_stop()
         assert self._stopping_at is not None
         drain_end, last = self._stopping_at + self.drain, time.monotonic() + LAST_BYTES_S
-        seen: dict[int, tuple[int, float]] = {}  # id(transport) -> (bytes acknowledged, when that last grew)
         while any(self._sessions) or any(not d.done for ds in self._duals for d in ds):
             now = time.monotonic()
-            if now >= drain_end and (now >= last or not self._taking(now, seen)):
+            if now >= drain_end and (now >= last or not self._taking(now)):
                 break
             await asyncio.sleep(min(drain_end - now, 0.05) if now < drain_end else 0.05)
         now = time.monotonic()
@@ -504,11 +503,7 @@ class SlotRelay:
                 if sess.stopped:
                     continue
                 if sess.live and _unsent(sess):
-                    dest = sess.dest.transport  # type: ignore[union-attr]
-                    took = max(sess.acked_at, seen.get(id(dest), (0, 0.0))[1])
-                    sess.forced = f"held up the end: took no data for {now - took:.0f} s" \
-                        if sess.acked >= 0 and now - took >= HELD_S else "held up the end: did not take " \
-                        "the last bytes in time"
+                    sess.forced = held_up(now, sess.acked_at if sess.acked >= 0 else None)
                     sess.end("down", None)
                 else:
                     sess.closing = True
@@ -518,21 +513,15 @@ class SlotRelay:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
 
-    def _taking(self, now: float, seen: dict[int, tuple[int, float]]) -> bool:
-        """While settling: a live destination with bytes waiting acknowledged some within ``HELD_S``."""
-        held = [(s.dest.transport, s.acked_at) for ss in self._sessions for s in ss  # type: ignore[union-attr]
-                if not s.stopped and s.live and _unsent(s)]
-        held += [(leg.transport, leg.acked_at) for ds in self._duals for d in ds if not d.done for leg in d.legs
-                 if leg.live and sockstat.unsent(leg.transport)]
+    def _taking(self, now: float) -> bool:
+        """While settling: a live destination with bytes waiting acknowledged some within ``HELD_S`` (sessions are
+        looked at now; a native fan-out's legs as of the watchdog's last tick)."""
         taking = False
-        for transport, acked_at in held:
-            acked, prev = sockstat.acked(transport), seen.get(id(transport))
-            if prev is None:
-                seen[id(transport)] = (acked if acked is not None else -1, acked_at)
-            elif acked is not None and acked > prev[0]:
-                seen[id(transport)] = (acked, now)
-            taking = taking or now - seen[id(transport)][1] < HELD_S
-        return taking
+        for sess in (s for ss in self._sessions for s in ss if not s.stopped and s.live and _unsent(s)):
+            self._check_stall(sess, now)  # while stopping, any byte taken moves acked_at
+            taking = taking or now - sess.acked_at < HELD_S
+        return taking or any(now - leg.acked_at < HELD_S for ds in self._duals for d in ds if not d.done
+                             for leg in d.legs if leg.live and sockstat.unsent(leg.transport))
 
     def end_stop(self) -> None:
         """Relay mode: the publisher session that was stopping is over; accept the next one's sessions."""
@@ -675,8 +664,7 @@ class SlotRelay:
                     sess.pacer.tick(now)
                 if stopping and now - self._stopping_at >= self.drain and now - sess.acked_at >= HELD_S \
                         and _unsent(sess):  # type: ignore[operator]
-                    sess.forced = "held up the end: took no data for " \
-                                  f"{now - (sess.stalled_since or sess.acked_at):.0f} s"
+                    sess.forced = held_up(now, sess.stalled_since or sess.acked_at)
                     sess.end("down", None)
                 elif sess.stalled_since is not None and not stopping and self.stall_timeout and \
                         now - sess.stalled_since >= self.stall_timeout:
@@ -695,8 +683,7 @@ class SlotRelay:
                 sess.acked, sess.acked_at, sess.stalled_since = acked, now, None
                 self._emit(sess.slot, sess.upstream.name, "resumed")
             return
-        # while stopping, any byte taken is progress: the tail of a stream may be slower than STALL_BYTES a tick
-        if acked - sess.acked >= (1 if self._stopping_at is not None else STALL_BYTES) or not _unsent(sess):
+        if acked - sess.acked >= progress_bytes(self._stopping_at is not None) or not _unsent(sess):
             sess.acked, sess.acked_at = acked, now
         elif now - sess.acked_at >= self.stall_after:
             sess.stalled_since = sess.acked_at
@@ -962,6 +949,19 @@ class SlotRelay:
         if sess.upstream is self._assigned[slot] and sess.ingest == self._ingest[slot]:
             self._fails[slot], self._down_since[slot] = 0, None
         self._emit(slot, sess.upstream.name, "live", ingest=sess.ingest if sess.upstream.backup_url else None)
+
+
+def progress_bytes(stopping: bool) -> int:
+    """Acknowledged bytes that count as a destination's progress: ``STALL_BYTES`` while live (a stalled peer may
+    trickle a few), any byte while stopping (the tail of a stream may be slower than that a tick)."""
+    return 1 if stopping else STALL_BYTES
+
+
+def held_up(now: float, took_at: float | None) -> str:
+    """Why a destination was cut while stopping; ``took_at``: when it last took data (None: unknown)."""
+    if took_at is not None and now - took_at >= HELD_S:
+        return f"held up the end: took no data for {now - took_at:.0f} s"
+    return "held up the end: did not take the last bytes in time"
 
 
 def placeholder(slot: int) -> str:
